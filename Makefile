@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# vballoon: out-of-tree virtio memory balloon driver.
+#
+#   make                  build for the running kernel (or KVER=/KDIR=)
+#   make all-kernels      build for every kernel with headers installed,
+#                         into build/<kver>/vballoon.ko
+#   make check            install what is missing, build, run the suite
+#   make run              boot a throwaway guest and balloon it live
+#   make bench            in-tree driver and vballoon side by side
+#   make lint             checkpatch, sparse and W=1 on every kernel
+#   make install          install into /lib/modules/$(KVER)/updates
+#   make deb              build/deb/vballoon-dkms_<version>_all.deb
+#   make dkms-add         put the sources under /usr/src and dkms add them
+#   make check-distro     the package and distribution boot tests alone
+
+KVER ?= $(shell uname -r)
+# The running kernel may have no headers (a container, a build box): then
+# take the newest kernel that has them.
+ifeq ($(wildcard /lib/modules/$(KVER)/build),)
+KVER := $(lastword $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build)))))
+endif
+KDIR ?= /lib/modules/$(KVER)/build
+
+SRCS := Kbuild VERSION virtio_balloon.c balloon_compaction.c include
+VB_VERSION := $(shell cat $(CURDIR)/VERSION)
+# What DKMS and the Debian package ship in /usr/src/vballoon-<version>.
+DKMS_SRC = $(DESTDIR)/usr/src/vballoon-$(VB_VERSION)
+DEB_DIR ?= $(CURDIR)/build/deb
+KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))))
+PYTHON ?= python3
+MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
+
+.PHONY: all modules clean all-kernels check check-distro deps run bench lint \
+	install uninstall dkms-source dkms-add dkms-remove deb
+
+all: modules
+
+modules:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) modules
+
+# Each kernel builds in its own directory of links to the sources, so the
+# objects of one never mix with another's.
+build/%/vballoon.ko: $(SRCS) $(wildcard include/*.h)
+	@mkdir -p build/$*
+	@for f in $(SRCS); do ln -sfn $(CURDIR)/$$f build/$*/$$f; done
+	$(MAKE) -C /lib/modules/$*/build M=$(CURDIR)/build/$* $(KBUILD_EXTRA) modules
+
+all-kernels: $(foreach k,$(KERNELS),build/$(k)/vballoon.ko)
+
+deps:
+	scripts/deps.sh
+
+check:
+	scripts/deps.sh --if-missing
+	$(MAKE) all-kernels
+	$(PYTHON) selftests/runner.py $(CHECK_ARGS)
+	$(PYTHON) selftests/distro.py $(DISTRO_ARGS)
+
+# The Debian package on this machine, then a Debian 12 guest booting with it.
+check-distro:
+	scripts/deps.sh --if-missing
+	$(PYTHON) selftests/distro.py $(DISTRO_ARGS)
+
+run:
+	scripts/deps.sh --if-missing
+	$(MAKE) all-kernels
+	$(PYTHON) selftests/demo.py $(RUN_ARGS)
+
+bench:
+	scripts/deps.sh --if-missing
+	$(MAKE) all-kernels
+	$(PYTHON) selftests/bench.py $(BENCH_ARGS)
+
+lint:
+	scripts/deps.sh --if-missing
+	scripts/lint.sh
+
+# Into the kernel's updates/ tree, which depmod prefers to the kernel's own
+# modules. The headers carry no signing key: do not try to sign.
+install: modules
+	$(MAKE) -C $(KDIR) M=$(CURDIR) INSTALL_MOD_PATH=$(DESTDIR) \
+		INSTALL_MOD_DIR=updates CONFIG_MODULE_SIG_ALL= modules_install
+	install -m 0644 -D modprobe.d/vballoon.conf $(DESTDIR)$(MODPROBE_CONF)
+	$(if $(DESTDIR),,depmod -a $(KVER))
+
+uninstall:
+	rm -f $(DESTDIR)/lib/modules/$(KVER)/updates/vballoon.ko*
+	rm -f $(DESTDIR)$(MODPROBE_CONF)
+	$(if $(DESTDIR),,depmod -a $(KVER))
+
+# The sources as DKMS wants them, with the version from VERSION put into
+# dkms.conf. The Debian package installs them with this too.
+dkms-source:
+	rm -rf $(DKMS_SRC)
+	install -d $(DKMS_SRC)
+	cp -R Makefile $(SRCS) $(DKMS_SRC)/
+	sed 's/#MODULE_VERSION#/$(VB_VERSION)/' dkms.conf >$(DKMS_SRC)/dkms.conf
+
+dkms-add: dkms-source
+	dkms add vballoon/$(VB_VERSION)
+
+dkms-remove:
+	-dkms remove vballoon/$(VB_VERSION) --all
+	rm -rf $(DKMS_SRC)
+
+# The Debian package (debian/), built in a copy of the sources so that the
+# tree stays clean.
+deb:
+	rm -rf $(DEB_DIR)/vballoon-$(VB_VERSION) $(DEB_DIR)/vballoon*_$(VB_VERSION)_*
+	mkdir -p $(DEB_DIR)/vballoon-$(VB_VERSION)
+	cp -R Makefile $(SRCS) dkms.conf modprobe.d debian $(DEB_DIR)/vballoon-$(VB_VERSION)/
+	cd $(DEB_DIR)/vballoon-$(VB_VERSION) && dpkg-buildpackage -us -uc -b
+	@echo "deb: $(DEB_DIR)/vballoon-dkms_$(VB_VERSION)_all.deb"
+
+clean:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null || true
+	rm -rf build

@@ -1,0 +1,33 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# Install what building, testing and linting vballoon needs on Debian 12.
+# Usage: scripts/deps.sh [--if-missing]
+#   --if-missing  only call apt-get when something is actually missing
+set -eu
+
+PKGS="build-essential kmod cpio xz-utils zstd python3 sparse busybox-static \
+qemu-system-x86 qemu-utils \
+linux-image-amd64 linux-headers-amd64 \
+linux-image-6.12-amd64 linux-headers-6.12-amd64 \
+linux-source-6.12 \
+dkms dh-dkms debhelper dpkg-dev fakeroot lintian debootstrap e2fsprogs"
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+
+if [ "${1:-}" = "--if-missing" ] && [ -z "$missing" ]; then
+	exit 0
+fi
+[ -n "$missing" ] || { echo "deps: everything is installed"; exit 0; }
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+echo "deps: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -q --no-install-recommends $missing

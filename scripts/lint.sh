@@ -1,0 +1,75 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# make lint: checkpatch --strict (from Debian's linux-source-6.12), sparse
+# (C=2) and W=1 builds on every kernel with headers, kernel-doc -none.
+# Prints what each tool says; exits non-zero if any said anything.
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top" || exit 2
+out=build/lint
+mkdir -p "$out"
+srcs="virtio_balloon.c balloon_compaction.c include/*.h"
+fail=0
+
+# checkpatch and kernel-doc come from the kernel source tarball.
+tarball=$(ls /usr/src/linux-source-6.12*.tar.* 2>/dev/null | head -n 1)
+if [ -z "$tarball" ]; then
+	echo "lint: no /usr/src/linux-source-6.12 tarball (run make deps)" >&2
+	exit 2
+fi
+if [ ! -x "$out/scripts/checkpatch.pl" ] || [ "$tarball" -nt "$out/scripts/checkpatch.pl" ]; then
+	tar -xf "$tarball" -C "$out" --strip-components=1 --wildcards \
+		'*/scripts/checkpatch.pl' '*/scripts/spelling.txt' \
+		'*/scripts/const_structs.checkpatch' '*/scripts/kernel-doc' || exit 2
+	touch "$out/scripts/checkpatch.pl"
+fi
+
+say() {
+	# $1: tool name; stdin: its output. Any line is a finding.
+	if [ -s "$out/$1.log" ]; then
+		echo "== $1"
+		cat "$out/$1.log"
+		fail=1
+	else
+		echo "ok: $1"
+	fi
+}
+
+# CAMELCASE: the kernel's own page-flag API (__SetPageMovable, ...) is
+# CamelCase. compat.h is the one place allowed to compare kernel versions.
+# The tracepoint header is written in the TRACE_EVENT() layout every
+# header under include/trace/events uses, which --strict's alignment
+# checks do not know.
+checkpatch() {
+	perl "$out/scripts/checkpatch.pl" --strict --no-tree --quiet --terse \
+		--show-types --ignore CAMELCASE,FILE_PATH_CHANGES "$@" 2>&1 |
+		grep -v '^total: \|^fatal: '
+}
+# shellcheck disable=SC2046
+{
+	checkpatch -f $(ls $srcs | grep -v 'include/compat.h\|_trace.h')
+	checkpatch --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON \
+		-f include/compat.h
+	checkpatch --ignore PARENTHESIS_ALIGNMENT,OPEN_ENDED_LINE \
+		-f include/vballoon_trace.h
+} > "$out/checkpatch.log"
+say checkpatch
+
+# shellcheck disable=SC2086
+perl "$out/scripts/kernel-doc" -none $srcs > "$out/kernel-doc.log" 2>&1
+say kernel-doc
+
+for kdir in /lib/modules/*/build; do
+	[ -d "$kdir" ] || continue
+	kver=$(basename "$(dirname "$kdir")")
+	bdir="$top/$out/$kver"
+	rm -rf "$bdir"
+	mkdir -p "$bdir"
+	for f in Kbuild VERSION virtio_balloon.c balloon_compaction.c include; do
+		ln -sfn "$top/$f" "$bdir/$f"
+	done
+	make -s -C "$kdir" M="$bdir" W=1 C=2 modules 2>&1 |
+		grep -v "^Skipping BTF generation" > "$out/build-$kver.log"
+	say "build-$kver"
+done
+exit $fail

@@ -1,0 +1,1850 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vballoon: a virtio memory balloon driver.
+ *
+ * The host sets a target size in 4 KiB units (num_pages); the driver
+ * inflates by allocating guest pages and handing their frame numbers to the
+ * host on the inflate queue, deflates by handing them back on the deflate
+ * queue and freeing them, and reports what it holds in `actual`. A stats
+ * queue carries the guest's memory statistics to the host on request.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/debugfs.h>
+#include <linux/delay.h>
+#include <linux/device.h>
+#include <linux/jiffies.h>
+#include <linux/ktime.h>
+#include <linux/migrate.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/mutex.h>
+#include <linux/oom.h>
+#include <linux/page_reporting.h>
+#include <linux/poison.h>
+#include <linux/ratelimit.h>
+#include <linux/sched/mm.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/swap.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/vmstat.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "vballoon.h"
+
+#define CREATE_TRACE_POINTS
+#include "vballoon_trace.h"
+
+/* 4 KiB balloon units per guest page. */
+#define VB_UNITS_PER_PAGE	(PAGE_SIZE >> VIRTIO_BALLOON_PFN_SHIFT)
+
+/*
+ * Frame numbers per inflate/deflate buffer. Some hosts reject longer
+ * buffers (cloud-hypervisor) or cap a descriptor at 256 entries
+ * (Firecracker), so this is also the protocol's practical maximum.
+ */
+#define VB_PFNS_PER_BUF		256
+#define VB_PAGES_PER_BUF	(VB_PFNS_PER_BUF / VB_UNITS_PER_PAGE)
+
+#define VB_STATS_MAX		16
+
+/*
+ * Buffers in flight per queue: the guest allocates the next batch while
+ * the host discards the last. Capped by the queue size at probe.
+ */
+#define VB_BUFS			32
+
+/* One pass of the size work; then `actual` is updated and it requeues. */
+#define VB_PASS_MS		100
+
+/* Huge-page-first inflation takes blocks the size of a host huge page. */
+#define VB_HUGE_ORDER		get_order(SZ_2M)
+#define VB_HUGE_PAGES		BIT(VB_HUGE_ORDER)
+
+/* Backoff when the guest cannot spare pages: doubles up to the cap. */
+#define VB_BACKOFF_MIN_MS	200
+#define VB_BACKOFF_MAX_MS	30000
+
+/* While the balloon holds pages, the reserve is checked this often. */
+#define VB_GUARD_MS		1000
+
+/* Virtqueues in the spec's order; absent ones are skipped by the transport. */
+enum vb_vq {
+	VB_VQ_INFLATE,
+	VB_VQ_DEFLATE,
+	VB_VQ_STATS,
+	VB_VQ_HINT,
+	VB_VQ_REPORTING,
+	VB_VQ_MAX
+};
+
+/* A module parameter that only takes whole numbers in [min, max]. */
+struct vb_uint_param {
+	unsigned int val;
+	unsigned int min, max;
+};
+
+static int vb_uint_param_set(const char *val, const struct kernel_param *kp)
+{
+	struct vb_uint_param *p = kp->arg;
+	unsigned int n;
+
+	if (kstrtouint(val, 0, &n) || n < p->min || n > p->max) {
+		pr_err("%s: '%s' is not a whole number from %u to %u\n",
+		       kp->name, strim((char *)val), p->min, p->max);
+		return -EINVAL;
+	}
+	WRITE_ONCE(p->val, n);
+	return 0;
+}
+
+/* Guest memory in MiB, balloon included: the most a reserve can be. */
+static unsigned int vb_ram_mib(unsigned long balloon_pages)
+{
+	return (totalram_pages() + balloon_pages) >> (20 - PAGE_SHIFT);
+}
+
+static int vb_reserve_param_set(const char *val,
+				const struct kernel_param *kp)
+{
+	struct vb_uint_param *p = kp->arg;
+	unsigned int n;
+
+	if (kstrtouint(val, 0, &n) || n > vb_ram_mib(0)) {
+		pr_err("%s: '%s' is not a whole number of MiB from 0 to the guest's %u\n",
+		       kp->name, strim((char *)val), vb_ram_mib(0));
+		return -EINVAL;
+	}
+	WRITE_ONCE(p->val, n);
+	return 0;
+}
+
+static int vb_uint_param_get(char *buf, const struct kernel_param *kp)
+{
+	struct vb_uint_param *p = kp->arg;
+
+	return sysfs_emit(buf, "%u\n", READ_ONCE(p->val));
+}
+
+static const struct kernel_param_ops vb_uint_param_ops = {
+	.set = vb_uint_param_set,
+	.get = vb_uint_param_get,
+};
+
+static struct vb_uint_param oom_pages = { .val = 256, .min = 1, .max = 65536 };
+module_param_cb(oom_pages, &vb_uint_param_ops, &oom_pages, 0644);
+MODULE_PARM_DESC(oom_pages,
+		 "Guest pages given back per OOM notification when the host offers DEFLATE_ON_OOM (1-65536, default 256)");
+
+static struct vb_uint_param report_order = {
+	.val = 0, .min = 0, .max = VBALLOON_MAX_ORDER,
+};
+module_param_cb(report_order, &vb_uint_param_ops, &report_order, 0444);
+MODULE_PARM_DESC(report_order,
+		 "Smallest free block (buddy order) reported to the host with free page reporting; 0 keeps the kernel's default (pageblock order)");
+
+static struct vb_uint_param batch = {
+	.val = VB_PFNS_PER_BUF, .min = 1, .max = VB_PFNS_PER_BUF,
+};
+module_param_cb(batch, &vb_uint_param_ops, &batch, 0644);
+MODULE_PARM_DESC(batch,
+		 "Page frame numbers per inflate/deflate buffer (1-256, default 256; rounded down to whole guest pages)");
+
+static bool huge_first = true;
+module_param(huge_first, bool, 0644);
+MODULE_PARM_DESC(huge_first,
+		 "Inflate with whole 2 MiB blocks while the guest has them free, so a host backed by huge pages frees whole huge pages (default Y)");
+
+static const struct kernel_param_ops vb_reserve_param_ops = {
+	.set = vb_reserve_param_set,
+	.get = vb_uint_param_get,
+};
+
+static struct vb_uint_param reserve_mib = { .val = 0 };
+module_param_cb(reserve_mib, &vb_reserve_param_ops, &reserve_mib, 0444);
+MODULE_PARM_DESC(reserve_mib,
+		 "MemAvailable (MiB) the balloon always leaves the guest, giving pages back when the guest's own use eats into it (0-guest memory; default 0: only the automatic inflation floor, 1/32 of guest memory and at least 32 MiB, which is also the least a reserve can be)");
+
+static struct vb_uint_param max_balloon_pct = {
+	.val = 100, .min = 1, .max = 100,
+};
+module_param_cb(max_balloon_pct, &vb_uint_param_ops, &max_balloon_pct, 0444);
+MODULE_PARM_DESC(max_balloon_pct,
+		 "Largest balloon as a percentage of guest memory (1-100, default 100)");
+
+static bool inflate = true;
+module_param(inflate, bool, 0444);
+MODULE_PARM_DESC(inflate,
+		 "N: stats-only mode, the host gets statistics but the balloon never inflates (default Y)");
+
+/* Free page hints go out in blocks of the largest buddy order. */
+#define VB_HINT_ORDER		VBALLOON_MAX_ORDER
+#define VB_HINT_GFP		(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC)
+
+/* One inflate or deflate request to the host. */
+struct vb_buf {
+	/* Deflated pages waiting for the host's ack (MUST_TELL_HOST). */
+	struct list_head pages;
+	unsigned int n;
+	__virtio32 pfns[VB_PFNS_PER_BUF];
+};
+
+/* Free page hinting: the host's command ids and the blocks hinted. */
+struct vb_hint {
+	struct virtqueue *vq;
+	struct workqueue_struct *wq;
+	struct work_struct work;
+	/* Set by config_changed: the command id must be read again. */
+	unsigned long reread;
+	u32 cmd_id;
+	__virtio32 active;
+	__virtio32 stop;
+	/* Hinted blocks, held until the host is DONE or memory is short. */
+	spinlock_t lock;
+	struct list_head blocks;
+	unsigned long nr_blocks;
+	struct shrinker *shrinker;
+};
+
+/* Monotonic counters since probe, shown in sysfs under these names. */
+enum vb_counter {
+	VB_CNT_INFLATED_PAGES,
+	VB_CNT_DEFLATED_PAGES,
+	VB_CNT_OOM_DEFLATED_PAGES,
+	VB_CNT_RESERVE_DEFLATED_PAGES,
+	VB_CNT_MIGRATED_PAGES,
+	VB_CNT_ALLOC_FAILURES,
+	VB_CNT_LAST_ALLOC_FAILURE_MS,
+	VB_CNT_REFUSALS,
+	VB_CNT_HINT_ROUNDS,
+	VB_CNT_HINTED_PAGES,
+	VB_CNT_REPORTS,
+	VB_CNT_REPORTED_BYTES,
+	VB_CNT_STATS_REQUESTS,
+	VB_NR_COUNTERS
+};
+
+struct vballoon {
+	struct virtio_device *vdev;
+	struct virtqueue *inflate_vq, *deflate_vq, *stats_vq, *reporting_vq;
+
+	/* Serialises inflate, deflate and migration, and guards @pfns. */
+	struct mutex lock;
+	/* Balloon size in 4 KiB units, as reported in `actual`. */
+	unsigned int num_pages;
+	struct vballoon_pages pages;
+
+	/* Inflate and deflate buffers come back here. */
+	wait_queue_head_t acked;
+	struct vb_buf *bufs;
+	unsigned long free_bufs;	/* bitmap of @bufs not in flight */
+	unsigned int max_inflight;
+	unsigned int inflight;
+	/* The rest of a huge block split for inflation, not yet sent. */
+	struct list_head stash;
+	unsigned int nr_stash;
+	/* One page's frame numbers, for migration. */
+	__virtio32 mig_pfns[VB_UNITS_PER_PAGE];
+
+	struct delayed_work size_work;
+	struct work_struct stats_work;
+	/* Set on removal: interrupts must not queue work any more. */
+	spinlock_t stop_lock;
+	bool stop_update;
+
+	/* Automatic floor: the least MemAvailable kept, in guest pages. */
+	unsigned long floor_pages;
+	/* Guest-side policy; module parameters give the defaults. */
+	unsigned int reserve_mib;
+	unsigned int max_pct;
+	bool inflate;
+	unsigned int backoff_ms;
+	/* No inflation before this (jiffies): the backoff. */
+	unsigned long retry_at;
+	/* The last target refused, counted once. */
+	bool refused;
+	unsigned int refused_target;
+	struct ratelimit_state fail_rs;
+
+	/* For debugfs: the last target change and the stats last sent. */
+	unsigned int last_target, prev_target;
+	u64 last_target_ms;
+	unsigned int nr_stats;
+	struct dentry *debugfs;
+	atomic64_t cnt[VB_NR_COUNTERS];
+
+	struct notifier_block oom_nb;
+	struct vb_hint hint;
+	struct page_reporting_dev_info reporting;
+
+	struct virtio_balloon_stat stats[VB_STATS_MAX];
+};
+
+static bool vb_has(struct vballoon *vb, unsigned int fbit)
+{
+	return virtio_has_feature(vb->vdev, fbit);
+}
+
+static void vb_ack(struct virtqueue *vq)
+{
+	struct vballoon *vb = vq->vdev->priv;
+
+	wake_up(&vb->acked);
+}
+
+static void vb_put_pfns(struct vballoon *vb, __virtio32 *pfns,
+			unsigned int *n, struct page *page)
+{
+	unsigned long pfn = page_to_pfn(page) <<
+		(PAGE_SHIFT - VIRTIO_BALLOON_PFN_SHIFT);
+	unsigned int i;
+
+	for (i = 0; i < VB_UNITS_PER_PAGE; i++)
+		pfns[(*n)++] = cpu_to_virtio32(vb->vdev, pfn + i);
+}
+
+/*
+ * Without DEFLATE_ON_OOM the balloon's pages leave the guest for good:
+ * lower the managed page count so MemTotal and the watermarks follow.
+ * Pages of one zone are accounted in one call.
+ */
+static void vb_account_pages(struct vballoon *vb, struct list_head *list,
+			     long sign)
+{
+	struct page *page, *first = NULL;
+	long run = 0;
+
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		return;
+	list_for_each_entry(page, list, lru) {
+		if (first && page_zone(page) != page_zone(first)) {
+			adjust_managed_page_count(first, sign * run);
+			run = 0;
+		}
+		if (!run)
+			first = page;
+		run++;
+	}
+	if (run)
+		adjust_managed_page_count(first, sign * run);
+}
+
+/* Give pages that left the balloon (and the host's hands) to the guest. */
+static void vb_release_pages(struct vballoon *vb, struct list_head *list)
+{
+	struct page *page, *tmp;
+
+	vb_account_pages(vb, list, 1);
+	list_for_each_entry_safe(page, tmp, list, lru) {
+		list_del(&page->lru);
+		vballoon_page_free(page);
+	}
+}
+
+/* Take back the buffers the host is done with. Caller holds vb->lock. */
+static void vb_reap(struct vballoon *vb, struct virtqueue *vq)
+{
+	struct vb_buf *buf;
+	unsigned int len;
+
+	while ((buf = virtqueue_get_buf(vq, &len))) {
+		vb_release_pages(vb, &buf->pages);
+		__set_bit(buf - vb->bufs, &vb->free_bufs);
+		vb->inflight--;
+	}
+}
+
+static bool vb_reap_room(struct vballoon *vb, struct virtqueue *vq)
+{
+	vb_reap(vb, vq);
+	return vb->inflight < vb->max_inflight;
+}
+
+static bool vb_reap_idle(struct vballoon *vb, struct virtqueue *vq)
+{
+	vb_reap(vb, vq);
+	return !vb->inflight;
+}
+
+/* A buffer not in flight, waiting for the host to return one if need be. */
+static struct vb_buf *vb_get_buf(struct vballoon *vb, struct virtqueue *vq)
+{
+	struct vb_buf *buf;
+
+	wait_event(vb->acked, vb_reap_room(vb, vq));
+	buf = &vb->bufs[__ffs(vb->free_bufs)];
+	__clear_bit(buf - vb->bufs, &vb->free_bufs);
+	buf->n = 0;
+	return buf;
+}
+
+static void vb_unget_buf(struct vballoon *vb, struct vb_buf *buf)
+{
+	__set_bit(buf - vb->bufs, &vb->free_bufs);
+}
+
+static void vb_send(struct vballoon *vb, struct virtqueue *vq,
+		    struct vb_buf *buf)
+{
+	struct scatterlist sg;
+
+	sg_init_one(&sg, buf->pfns, sizeof(buf->pfns[0]) * buf->n);
+	/* max_inflight never exceeds the queue: there is always room. */
+	if (WARN_ON_ONCE(virtqueue_add_outbuf(vq, &sg, 1, buf, GFP_KERNEL))) {
+		vb_release_pages(vb, &buf->pages);
+		vb_unget_buf(vb, buf);
+		return;
+	}
+	vb->inflight++;
+	virtqueue_kick(vq);
+}
+
+/* Tell the host about one page, alone on the queue. Caller holds the lock. */
+static void vb_tell_one(struct vballoon *vb, struct virtqueue *vq,
+			struct page *page)
+{
+	struct scatterlist sg;
+	unsigned int n = 0;
+	unsigned int len;
+
+	vb_put_pfns(vb, vb->mig_pfns, &n, page);
+	sg_init_one(&sg, vb->mig_pfns, sizeof(vb->mig_pfns));
+	if (WARN_ON_ONCE(virtqueue_add_outbuf(vq, &sg, 1, vb->mig_pfns,
+					      GFP_KERNEL)))
+		return;
+	virtqueue_kick(vq);
+	wait_event(vb->acked, virtqueue_get_buf(vq, &len));
+}
+
+/* Guest pages the balloon holds. */
+static unsigned long vb_held_pages(struct vballoon *vb)
+{
+	return READ_ONCE(vb->num_pages) / VB_UNITS_PER_PAGE;
+}
+
+/* Guest memory, balloon included, in guest pages. */
+static unsigned long vb_ram_pages(struct vballoon *vb)
+{
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		return totalram_pages();
+	return totalram_pages() + vb_held_pages(vb);
+}
+
+/*
+ * The floor: MemAvailable the balloon always leaves the guest, in guest
+ * pages. The automatic floor, or the administrator's reserve if higher.
+ */
+static unsigned long vb_floor(struct vballoon *vb)
+{
+	return max(vb->floor_pages,
+		   (unsigned long)READ_ONCE(vb->reserve_mib) <<
+		   (20 - PAGE_SHIFT));
+}
+
+/*
+ * Inflation stops this far above the floor, and a guest that falls below
+ * the floor gets pages back until it is half that far above it again, so
+ * the two never take turns on the same pages.
+ */
+static unsigned long vb_slack(unsigned long floor)
+{
+	return max(floor / 8, 4UL << (20 - PAGE_SHIFT));
+}
+
+/* Can the guest spare @n more pages and still keep its floor? */
+static bool vb_can_spare(struct vballoon *vb, unsigned long n)
+{
+	unsigned long floor = vb_floor(vb);
+	long avail = si_mem_available();
+
+	return avail > 0 && (unsigned long)avail >= floor + vb_slack(floor) + n;
+}
+
+/*
+ * Guest pages to give back so the guest holds its floor again, or 0. Only
+ * with a reserve set: by default, as with the in-tree driver, the guest's
+ * own use does not take pages back from a balloon the host wants kept.
+ */
+static unsigned long vb_shortfall(struct vballoon *vb)
+{
+	unsigned long floor = vb_floor(vb);
+	long avail;
+
+	if (!READ_ONCE(vb->reserve_mib))
+		return 0;
+	avail = si_mem_available();
+	if (avail >= 0 && (unsigned long)avail >= floor)
+		return 0;
+	return floor + vb_slack(floor) / 2 - max(avail, 0L);
+}
+
+/* The most the balloon may hold, in 4 KiB units: inflate, max_balloon_pct. */
+static unsigned int vb_ceiling(struct vballoon *vb)
+{
+	u64 units = (u64)vb_ram_pages(vb) * VB_UNITS_PER_PAGE;
+
+	if (!READ_ONCE(vb->inflate))
+		return 0;
+	units = div_u64(units * READ_ONCE(vb->max_pct), 100);
+	return min_t(u64, ALIGN_DOWN(units, VB_UNITS_PER_PAGE), U32_MAX);
+}
+
+static u64 vb_now_ms(void)
+{
+	return ktime_to_ms(ktime_get_boottime());
+}
+
+static void vb_update_actual(struct vballoon *vb)
+{
+	u32 actual = vb->num_pages;
+
+	lockdep_assert_held(&vb->lock);
+	/* Balloon config space is little-endian even on legacy devices. */
+	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, actual,
+			 &actual);
+}
+
+/* Pages per buffer, as the batch parameter says, in whole guest pages. */
+static unsigned int vb_batch_pages(void)
+{
+	return max_t(unsigned int, READ_ONCE(batch.val) / VB_UNITS_PER_PAGE,
+		     1);
+}
+
+#define VB_GFP		(GFP_HIGHUSER_MOVABLE | __GFP_NOMEMALLOC | \
+			 __GFP_NORETRY | __GFP_NOWARN)
+/* Only blocks already free: no reclaim, no compaction for a huge block. */
+#define VB_HUGE_GFP	(VB_GFP & ~__GFP_RECLAIM)
+
+/*
+ * Allocate up to @want pages onto @list: first what is left of a split
+ * huge block, then whole huge blocks while the guest has them free and
+ * @room (pages still wanted this pass) can take one, then single pages in
+ * bulk. Return: pages allocated.
+ */
+static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
+			     unsigned int want, unsigned long room)
+{
+	unsigned int n = 0, i;
+	struct page *page;
+
+	while (n < want && vb->nr_stash) {
+		list_move_tail(vb->stash.next, list);
+		vb->nr_stash--;
+		n++;
+	}
+	while (n < want && READ_ONCE(huge_first) && room - n >= VB_HUGE_PAGES) {
+		page = alloc_pages(VB_HUGE_GFP, VB_HUGE_ORDER);
+		if (!page)
+			break;
+		split_page(page, VB_HUGE_ORDER);
+		for (i = 0; i < VB_HUGE_PAGES; i++) {
+			if (n < want) {
+				list_add_tail(&page[i].lru, list);
+				n++;
+			} else {
+				list_add_tail(&page[i].lru, &vb->stash);
+				vb->nr_stash++;
+			}
+		}
+	}
+	if (n < want)
+		n += alloc_pages_bulk_list(VB_GFP, want - n, list);
+	return n;
+}
+
+/*
+ * Inflate by up to @units 4 KiB units for at most one pass, with up to
+ * max_inflight buffers on the queue at once.
+ * Return: units added to the balloon.
+ */
+static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
+{
+	unsigned long deadline = jiffies + msecs_to_jiffies(VB_PASS_MS);
+	unsigned int per_buf = vb_batch_pages();
+	unsigned int pages = units / VB_UNITS_PER_PAGE;
+	unsigned int done = 0, want, n, order;
+	struct page *page, *tmp;
+	struct vb_buf *buf;
+	u64 t0 = 0;
+	LIST_HEAD(list);
+
+	mutex_lock(&vb->lock);
+	while (done < pages &&
+	       (vb->nr_stash || time_before(jiffies, deadline))) {
+		want = min(pages - done, per_buf);
+		if (!vb->nr_stash && !vb_can_spare(vb, want))
+			break;
+		if (trace_vballoon_inflate_enabled())
+			t0 = ktime_get_ns();
+		/* Pages left of a split block, or new blocks: huge order. */
+		order = vb->nr_stash ? VB_HUGE_ORDER : 0;
+		n = vb_alloc(vb, &list, want, pages - done);
+		if (n < want) {
+			atomic64_inc(&vb->cnt[VB_CNT_ALLOC_FAILURES]);
+			atomic64_set(&vb->cnt[VB_CNT_LAST_ALLOC_FAILURE_MS],
+				     vb_now_ms());
+		}
+		if (!n)
+			break;
+		buf = vb_get_buf(vb, vb->inflate_vq);
+		list_for_each_entry(page, &list, lru)
+			vb_put_pfns(vb, buf->pfns, &buf->n, page);
+		if (vb->nr_stash)
+			order = VB_HUGE_ORDER;
+		vb_account_pages(vb, &list, -1);
+		vballoon_pages_enqueue(&vb->pages, &list);
+		vb->num_pages += n * VB_UNITS_PER_PAGE;
+		done += n;
+		atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
+		vb_send(vb, vb->inflate_vq, buf);
+		trace_vballoon_inflate(n, order, t0 ? ktime_get_ns() - t0 : 0);
+		if (n < want)
+			break;
+	}
+	/* A pass ends on a block boundary; this is only a safety net. */
+	list_splice_init(&vb->stash, &list);
+	vb->nr_stash = 0;
+	list_for_each_entry_safe(page, tmp, &list, lru)
+		vballoon_page_free(page);
+	wait_event(vb->acked, vb_reap_idle(vb, vb->inflate_vq));
+	vb_update_actual(vb);
+	mutex_unlock(&vb->lock);
+	return done * VB_UNITS_PER_PAGE;
+}
+
+/*
+ * Deflate by up to @units 4 KiB units for at most one pass. Pages leave in
+ * the reverse order they came in: the blocks inflated last go back first,
+ * whole, so they merge into free huge blocks again.
+ * Caller holds vb->lock. Return: units taken out of the balloon.
+ */
+static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
+{
+	unsigned long deadline = jiffies + msecs_to_jiffies(VB_PASS_MS);
+	bool tell_first = vb_has(vb, VIRTIO_BALLOON_F_MUST_TELL_HOST);
+	unsigned int per_buf = vb_batch_pages();
+	unsigned int pages = min(units, vb->num_pages) / VB_UNITS_PER_PAGE;
+	unsigned int done = 0, n;
+	struct vb_buf *buf;
+	struct page *page;
+	u64 t0 = 0;
+
+	while (done < pages && time_before(jiffies, deadline)) {
+		if (trace_vballoon_deflate_enabled())
+			t0 = ktime_get_ns();
+		buf = vb_get_buf(vb, vb->deflate_vq);
+		n = vballoon_pages_dequeue(&vb->pages, &buf->pages,
+					   min(pages - done, per_buf));
+		if (!n) {
+			vb_unget_buf(vb, buf);
+			break;
+		}
+		list_for_each_entry(page, &buf->pages, lru)
+			vb_put_pfns(vb, buf->pfns, &buf->n, page);
+		vb->num_pages -= n * VB_UNITS_PER_PAGE;
+		done += n;
+		/*
+		 * With MUST_TELL_HOST the pages wait for the host's ack (see
+		 * vb_reap()); otherwise the guest has them back at once and
+		 * the host hears of it while the guest already uses them.
+		 */
+		if (!tell_first)
+			vb_release_pages(vb, &buf->pages);
+		vb_send(vb, vb->deflate_vq, buf);
+		atomic64_add(n, &vb->cnt[VB_CNT_DEFLATED_PAGES]);
+		trace_vballoon_deflate(n, 0, t0 ? ktime_get_ns() - t0 : 0);
+	}
+	wait_event(vb->acked, vb_reap_idle(vb, vb->deflate_vq));
+	if (done)
+		vb_update_actual(vb);
+	return done * VB_UNITS_PER_PAGE;
+}
+
+static unsigned int vb_deflate(struct vballoon *vb, unsigned int units)
+{
+	unsigned int n;
+
+	mutex_lock(&vb->lock);
+	n = vb_deflate_locked(vb, units);
+	mutex_unlock(&vb->lock);
+	return n;
+}
+
+/* The host's target in 4 KiB units, rounded up to whole guest pages. */
+static unsigned int vb_target(struct vballoon *vb)
+{
+	u32 num_pages;
+
+	/* Balloon config space is little-endian even on legacy devices. */
+	virtio_cread_le(vb->vdev, struct virtio_balloon_config, num_pages,
+			&num_pages);
+	return ALIGN(num_pages, VB_UNITS_PER_PAGE);
+}
+
+/*
+ * Run the size work after @delay. With @sooner an earlier run already
+ * queued stays as it is (the work itself re-arming, or a periodic check);
+ * otherwise the new delay replaces it (the host or the admin changed
+ * something).
+ */
+static void vb_queue_size_work(struct vballoon *vb, unsigned long delay,
+			       bool sooner)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&vb->stop_lock, flags);
+	if (!vb->stop_update) {
+		if (sooner)
+			queue_delayed_work(system_freezable_wq, &vb->size_work,
+					   delay);
+		else
+			mod_delayed_work(system_freezable_wq, &vb->size_work,
+					 delay);
+	}
+	spin_unlock_irqrestore(&vb->stop_lock, flags);
+}
+
+/* Something changed (target, policy): act now, forget the backoff. */
+static void vb_kick(struct vballoon *vb)
+{
+	WRITE_ONCE(vb->backoff_ms, VB_BACKOFF_MIN_MS);
+	WRITE_ONCE(vb->retry_at, jiffies);
+	vb_queue_size_work(vb, 0, false);
+}
+
+/*
+ * The balloon holds less than the host asked for: count the target once,
+ * and say why now and then.
+ */
+static void vb_refuse(struct vballoon *vb, unsigned int target,
+		      unsigned int goal)
+{
+	unsigned long retry_at = READ_ONCE(vb->retry_at);
+	unsigned long floor = vb_floor(vb);
+
+	if (!vb->refused || vb->refused_target != target) {
+		vb->refused = true;
+		vb->refused_target = target;
+		atomic64_inc(&vb->cnt[VB_CNT_REFUSALS]);
+	}
+	if (!__ratelimit(&vb->fail_rs))
+		return;
+	if (!READ_ONCE(vb->inflate))
+		dev_info(&vb->vdev->dev,
+			 "target %u KiB not reached: holding %u KiB, stats-only mode (inflate=0)\n",
+			 target << 2, READ_ONCE(vb->num_pages) << 2);
+	else if (goal < target && READ_ONCE(vb->num_pages) >= goal)
+		dev_info(&vb->vdev->dev,
+			 "target %u KiB not reached: holding %u KiB, at most %u%% of guest memory (max_balloon_pct)\n",
+			 target << 2, READ_ONCE(vb->num_pages) << 2,
+			 READ_ONCE(vb->max_pct));
+	else
+		dev_info(&vb->vdev->dev,
+			 "target %u KiB not reached: holding %u KiB, guest keeps %lu KiB available; retrying in %u ms\n",
+			 target << 2, READ_ONCE(vb->num_pages) << 2,
+			 floor << (PAGE_SHIFT - 10),
+			 time_after(retry_at, jiffies) ?
+			 jiffies_to_msecs(retry_at - jiffies) : 0);
+}
+
+/*
+ * The guest could not give what the host asked for: look again later
+ * rather than spin. The wait doubles each time nothing could be taken and
+ * starts over when the host sets a new target.
+ */
+static void vb_back_off(struct vballoon *vb)
+{
+	unsigned int wait = READ_ONCE(vb->backoff_ms);
+
+	WRITE_ONCE(vb->retry_at, jiffies + msecs_to_jiffies(wait));
+	WRITE_ONCE(vb->backoff_ms, min(wait * 2, VB_BACKOFF_MAX_MS));
+}
+
+/* The guest's own use ate into its floor: give pages back. */
+static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages)
+{
+	unsigned int units = min_t(unsigned long,
+				   short_pages * VB_UNITS_PER_PAGE,
+				   READ_ONCE(vb->num_pages));
+	long avail = si_mem_available();
+	unsigned int done;
+
+	done = vb_deflate(vb, units);
+	atomic64_add(done / VB_UNITS_PER_PAGE,
+		     &vb->cnt[VB_CNT_RESERVE_DEFLATED_PAGES]);
+	trace_vballoon_reserve_deflate(done / VB_UNITS_PER_PAGE,
+				       max(avail, 0L), vb_floor(vb));
+	return done;
+}
+
+static void vb_size_work(struct work_struct *work)
+{
+	struct vballoon *vb = container_of(to_delayed_work(work),
+					   struct vballoon, size_work);
+	unsigned int target = vb_target(vb);
+	unsigned int goal = min(target, vb_ceiling(vb));
+	unsigned int held = READ_ONCE(vb->num_pages);
+	unsigned long short_pages = held ? vb_shortfall(vb) : 0;
+	unsigned long retry_at = READ_ONCE(vb->retry_at);
+	unsigned long next = 0;
+	unsigned int done = 0;
+
+	if (target != vb->last_target) {
+		vb->prev_target = vb->last_target;
+		vb->last_target = target;
+		vb->last_target_ms = vb_now_ms();
+		trace_vballoon_target(target, held, goal);
+	}
+
+	if (short_pages) {
+		done = vb_hold_floor(vb, short_pages);
+		vb_back_off(vb);
+	} else if (goal > held && time_before(jiffies, retry_at)) {
+		next = retry_at - jiffies;
+	} else if (goal > held) {
+		done = vb_inflate(vb, goal - held);
+		if (done)
+			WRITE_ONCE(vb->backoff_ms, VB_BACKOFF_MIN_MS);
+		else
+			vb_back_off(vb);
+		retry_at = READ_ONCE(vb->retry_at);
+		next = time_after(retry_at, jiffies) ? retry_at - jiffies : 1;
+	} else if (goal < held) {
+		done = vb_deflate(vb, held - goal);
+		/* Every page isolated by migration: they are soon back. */
+		next = 1;
+	}
+
+	held = READ_ONCE(vb->num_pages);
+	if (held < target && (short_pages || !done))
+		vb_refuse(vb, target, goal);
+	else if (held == target)
+		vb->refused = false;
+
+	if (done) {
+		vb_queue_size_work(vb, 0, true);
+		return;
+	}
+	/* While the balloon holds pages, keep an eye on the reserve. */
+	if (held && READ_ONCE(vb->reserve_mib))
+		next = next ? min(next, msecs_to_jiffies(VB_GUARD_MS)) :
+			msecs_to_jiffies(VB_GUARD_MS);
+	if (next)
+		vb_queue_size_work(vb, next, true);
+}
+
+static void vb_stat(struct vballoon *vb, unsigned int *idx, u16 tag, u64 val)
+{
+	vb->stats[*idx].tag = cpu_to_virtio16(vb->vdev, tag);
+	vb->stats[*idx].val = cpu_to_virtio64(vb->vdev, val);
+	(*idx)++;
+}
+
+/* Fill vb->stats from the guest's figures. Return: how many. */
+static unsigned int vb_fill_stats(struct vballoon *vb)
+{
+	unsigned long events[NR_VM_EVENT_ITEMS];
+	unsigned long stall = 0;
+	struct sysinfo si;
+	unsigned int i = 0;
+	int zid;
+
+	all_vm_events(events);
+	si_meminfo(&si);
+	for (zid = 0; zid < MAX_NR_ZONES; zid++)
+		stall += events[ALLOCSTALL_NORMAL - ZONE_NORMAL + zid];
+
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_SWAP_IN,
+		(u64)events[PSWPIN] << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_SWAP_OUT,
+		(u64)events[PSWPOUT] << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_MAJFLT, events[PGMAJFAULT]);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_MINFLT, events[PGFAULT]);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_MEMFREE,
+		(u64)si.freeram << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_MEMTOT,
+		(u64)si.totalram << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_AVAIL,
+		(u64)max(si_mem_available(), 0L) << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_CACHES,
+		(u64)global_node_page_state(NR_FILE_PAGES) << PAGE_SHIFT);
+#ifdef CONFIG_HUGETLB_PAGE
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_HTLB_PGALLOC,
+		events[HTLB_BUDDY_PGALLOC]);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_HTLB_PGFAIL,
+		events[HTLB_BUDDY_PGALLOC_FAIL]);
+#endif
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_OOM_KILL, events[OOM_KILL]);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_ALLOC_STALL, stall);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_ASYNC_SCAN,
+		(u64)events[PGSCAN_KSWAPD] << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_SCAN,
+		(u64)events[PGSCAN_DIRECT] << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+		(u64)events[PGSTEAL_KSWAPD] << PAGE_SHIFT);
+	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+		(u64)events[PGSTEAL_DIRECT] << PAGE_SHIFT);
+	trace_vballoon_stats(i, (u64)max(si_mem_available(), 0L) << PAGE_SHIFT,
+			     (u64)si.freeram << PAGE_SHIFT);
+	return i;
+}
+
+/* (Re)post the stats buffer; the host returns it when it wants figures. */
+static int vb_post_stats(struct vballoon *vb)
+{
+	struct scatterlist sg;
+	unsigned int n = vb_fill_stats(vb);
+	int err;
+
+	vb->nr_stats = n;
+	sg_init_one(&sg, vb->stats, sizeof(vb->stats[0]) * n);
+	err = virtqueue_add_outbuf(vb->stats_vq, &sg, 1, vb, GFP_KERNEL);
+	if (!err)
+		virtqueue_kick(vb->stats_vq);
+	return err;
+}
+
+static void vb_stats_work(struct work_struct *work)
+{
+	struct vballoon *vb = container_of(work, struct vballoon, stats_work);
+	unsigned int len;
+
+	if (!virtqueue_get_buf(vb->stats_vq, &len))
+		return;
+	atomic64_inc(&vb->cnt[VB_CNT_STATS_REQUESTS]);
+	if (vb_post_stats(vb))
+		dev_warn_ratelimited(&vb->vdev->dev,
+				     "cannot repost the stats buffer\n");
+}
+
+static void vb_stats_request(struct virtqueue *vq)
+{
+	struct vballoon *vb = vq->vdev->priv;
+	unsigned long flags;
+
+	spin_lock_irqsave(&vb->stop_lock, flags);
+	if (!vb->stop_update)
+		queue_work(system_freezable_wq, &vb->stats_work);
+	spin_unlock_irqrestore(&vb->stop_lock, flags);
+}
+
+static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
+			 void *parm)
+{
+	struct vballoon *vb = container_of(nb, struct vballoon, oom_nb);
+	unsigned long *freed = parm;
+	unsigned int units = READ_ONCE(oom_pages.val) * VB_UNITS_PER_PAGE;
+	unsigned int done = 0, n;
+
+	mutex_lock(&vb->lock);
+	while (done < units) {
+		n = vb_deflate_locked(vb, units - done);
+		if (!n)
+			break;
+		done += n;
+	}
+	mutex_unlock(&vb->lock);
+	atomic64_add(done / VB_UNITS_PER_PAGE, &vb->cnt[VB_CNT_OOM_DEFLATED_PAGES]);
+	trace_vballoon_oom_deflate(done / VB_UNITS_PER_PAGE);
+	*freed += done / VB_UNITS_PER_PAGE;
+	return NOTIFY_OK;
+}
+
+static int vb_migrate(struct vballoon_pages *vp, struct page *newpage,
+		      struct page *page)
+{
+	struct vballoon *vb = container_of(vp, struct vballoon, pages);
+
+	/*
+	 * Inflate or deflate may be waiting for this very compaction; rather
+	 * than deadlock or stall it, let migration try again later.
+	 */
+	if (!mutex_trylock(&vb->lock))
+		return -EAGAIN;
+
+	if (!vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM) &&
+	    page_zone(page) != page_zone(newpage)) {
+		adjust_managed_page_count(page, 1);
+		adjust_managed_page_count(newpage, -1);
+	}
+
+	vballoon_pages_replace(vp, newpage);
+	vb_tell_one(vb, vb->inflate_vq, newpage);
+	vb_tell_one(vb, vb->deflate_vq, page);
+	mutex_unlock(&vb->lock);
+	atomic64_inc(&vb->cnt[VB_CNT_MIGRATED_PAGES]);
+	trace_vballoon_migrate(page_to_pfn(page), page_to_pfn(newpage));
+
+	vballoon_page_retire(page);
+	return MIGRATEPAGE_SUCCESS;
+}
+
+/*
+ * Free page hinting. While the host migrates the guest it writes a fresh
+ * command id to config; the guest answers on the hint queue with that id,
+ * then with free blocks of the largest order (cheap to find, cheap for the
+ * host to skip), then with the stop id. The host skips those blocks'
+ * contents; the guest holds them until the host says DONE, or hands them
+ * back at once through the shrinker when it needs memory.
+ */
+static u32 vb_hint_cmd_id(struct vballoon *vb)
+{
+	struct vb_hint *h = &vb->hint;
+
+	if (test_and_clear_bit(0, &h->reread))
+		virtio_cread_le(vb->vdev, struct virtio_balloon_config,
+				free_page_hint_cmd_id, &h->cmd_id);
+	return h->cmd_id;
+}
+
+static unsigned long vb_hint_release(struct vballoon *vb, unsigned long n)
+{
+	struct vb_hint *h = &vb->hint;
+	struct page *page, *tmp;
+	unsigned long done = 0;
+	LIST_HEAD(list);
+
+	spin_lock_irq(&h->lock);
+	list_for_each_entry_safe(page, tmp, &h->blocks, lru) {
+		if (done == n)
+			break;
+		list_move(&page->lru, &list);
+		done++;
+	}
+	h->nr_blocks -= done;
+	spin_unlock_irq(&h->lock);
+
+	list_for_each_entry_safe(page, tmp, &list, lru) {
+		list_del(&page->lru);
+		__free_pages(page, VB_HINT_ORDER);
+	}
+	return done;
+}
+
+static unsigned long vb_hint_count(struct shrinker *shrinker,
+				   struct shrink_control *sc)
+{
+	struct vballoon *vb = vballoon_shrinker_private(shrinker);
+
+	return READ_ONCE(vb->hint.nr_blocks) << VB_HINT_ORDER;
+}
+
+static unsigned long vb_hint_scan(struct shrinker *shrinker,
+				  struct shrink_control *sc)
+{
+	struct vballoon *vb = vballoon_shrinker_private(shrinker);
+	unsigned long blocks = DIV_ROUND_UP(sc->nr_to_scan, 1UL << VB_HINT_ORDER);
+
+	return vb_hint_release(vb, blocks) << VB_HINT_ORDER;
+}
+
+/* Detach what the host used; true if a block fits beside the stop id. */
+static bool vb_hint_reap(struct vballoon *vb)
+{
+	struct virtqueue *vq = vb->hint.vq;
+	unsigned int len;
+
+	while (virtqueue_get_buf(vq, &len))
+		;
+	return vq->num_free > 1;
+}
+
+static int vb_hint_send_id(struct vballoon *vb, __virtio32 *id)
+{
+	struct scatterlist sg;
+	int err;
+
+	vb_hint_reap(vb);
+	sg_init_one(&sg, id, sizeof(*id));
+	err = virtqueue_add_outbuf(vb->hint.vq, &sg, 1, id, GFP_KERNEL);
+	if (!err)
+		virtqueue_kick(vb->hint.vq);
+	return err;
+}
+
+/* Hint free blocks until none are left or the host moves on. */
+static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
+			       unsigned long *blocks)
+{
+	struct vb_hint *h = &vb->hint;
+	struct scatterlist sg;
+	struct page *page;
+	int err;
+
+	while (vb_hint_cmd_id(vb) == id) {
+		if (!vb_hint_reap(vb)) {
+			/* Queue full: wait for the host, not in a spin. */
+			wait_event_timeout(vb->acked, vb_hint_reap(vb) ||
+					   test_bit(0, &h->reread), HZ);
+			continue;
+		}
+		page = alloc_pages(VB_HINT_GFP, VB_HINT_ORDER);
+		if (!page)
+			return 0;
+		sg_init_one(&sg, page_address(page),
+			    PAGE_SIZE << VB_HINT_ORDER);
+		err = virtqueue_add_inbuf(h->vq, &sg, 1, page, GFP_KERNEL);
+		if (err) {
+			__free_pages(page, VB_HINT_ORDER);
+			return err;
+		}
+		virtqueue_kick(h->vq);
+		spin_lock_irq(&h->lock);
+		list_add(&page->lru, &h->blocks);
+		h->nr_blocks++;
+		spin_unlock_irq(&h->lock);
+		(*blocks)++;
+	}
+	return 0;
+}
+
+static void vb_hint_work(struct work_struct *work)
+{
+	struct vballoon *vb = container_of(work, struct vballoon, hint.work);
+	struct vb_hint *h = &vb->hint;
+	u32 id = vb_hint_cmd_id(vb);
+	u64 t0 = ktime_get_ns();
+	unsigned long blocks = 0;
+	int err;
+
+	if (id == VIRTIO_BALLOON_CMD_ID_DONE) {
+		vb_hint_release(vb, ULONG_MAX);
+		return;
+	}
+	if (id == VIRTIO_BALLOON_CMD_ID_STOP ||
+	    id == virtio32_to_cpu(vb->vdev, h->active))
+		return;
+
+	h->active = cpu_to_virtio32(vb->vdev, id);
+	atomic64_inc(&vb->cnt[VB_CNT_HINT_ROUNDS]);
+	err = vb_hint_send_id(vb, &h->active);
+	if (!err)
+		err = vb_hint_send_blocks(vb, id, &blocks);
+	if (!err)
+		err = vb_hint_send_id(vb, &h->stop);
+	atomic64_add(blocks << VB_HINT_ORDER, &vb->cnt[VB_CNT_HINTED_PAGES]);
+	trace_vballoon_hint_round(id, blocks << VB_HINT_ORDER, VB_HINT_ORDER,
+				  ktime_get_ns() - t0);
+	if (err)
+		dev_err_ratelimited(&vb->vdev->dev,
+				    "free page hint round %u failed: %d\n",
+				    id, err);
+}
+
+static void vb_hint_kick(struct vballoon *vb)
+{
+	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		return;
+	set_bit(0, &vb->hint.reread);
+	/* A round waiting for room must notice a new command id. */
+	wake_up(&vb->acked);
+	queue_work(vb->hint.wq, &vb->hint.work);
+}
+
+static int vb_hint_init(struct vballoon *vb)
+{
+	struct vb_hint *h = &vb->hint;
+
+	spin_lock_init(&h->lock);
+	INIT_LIST_HEAD(&h->blocks);
+	INIT_WORK(&h->work, vb_hint_work);
+	h->stop = cpu_to_virtio32(vb->vdev, VIRTIO_BALLOON_CMD_ID_STOP);
+	h->active = cpu_to_virtio32(vb->vdev, VIRTIO_BALLOON_CMD_ID_STOP);
+	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		return 0;
+
+	h->wq = alloc_workqueue("vballoon-hint", WQ_FREEZABLE | WQ_CPU_INTENSIVE,
+				0);
+	if (!h->wq)
+		return -ENOMEM;
+	h->shrinker = vballoon_shrinker_create(vb_hint_count, vb_hint_scan, vb,
+					       "vballoon-hint");
+	if (!h->shrinker) {
+		destroy_workqueue(h->wq);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void vb_hint_exit(struct vballoon *vb)
+{
+	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		return;
+	vballoon_shrinker_destroy(vb->hint.shrinker);
+	destroy_workqueue(vb->hint.wq);
+}
+
+/*
+ * Free page reporting: the kernel hands over free blocks of at least the
+ * reporting order; the host discards their contents; the guest gets them
+ * back as they were handed over, zeroed or poisoned as the host knows.
+ */
+static int vb_report(struct page_reporting_dev_info *pr,
+		     struct scatterlist *sg, unsigned int nents)
+{
+	struct vballoon *vb = container_of(pr, struct vballoon, reporting);
+	struct virtqueue *vq = vb->reporting_vq;
+	struct scatterlist *s;
+	unsigned int len, i;
+	u64 bytes = 0;
+	int err;
+
+	/* The queue holds a whole report: checked at probe. */
+	err = virtqueue_add_inbuf(vq, sg, nents, vb, GFP_NOWAIT | __GFP_NOWARN);
+	if (WARN_ON_ONCE(err))
+		return err;
+	virtqueue_kick(vq);
+	wait_event(vb->acked, virtqueue_get_buf(vq, &len));
+	for_each_sg(sg, s, nents, i)
+		bytes += s->length;
+	atomic64_inc(&vb->cnt[VB_CNT_REPORTS]);
+	atomic64_add(bytes, &vb->cnt[VB_CNT_REPORTED_BYTES]);
+	trace_vballoon_report(nents, bytes);
+	return 0;
+}
+
+static int vb_reporting_init(struct vballoon *vb)
+{
+	if (!vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
+		return 0;
+	if (virtqueue_get_vring_size(vb->reporting_vq) <
+	    PAGE_REPORTING_CAPACITY) {
+		dev_err(&vb->vdev->dev,
+			"reporting queue holds %u entries, a report needs %u\n",
+			virtqueue_get_vring_size(vb->reporting_vq),
+			PAGE_REPORTING_CAPACITY);
+		return -ENOSPC;
+	}
+	vb->reporting.report = vb_report;
+	vb->reporting.order = READ_ONCE(report_order.val);
+	return page_reporting_register(&vb->reporting);
+}
+
+static void vb_reporting_exit(struct vballoon *vb)
+{
+	if (vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
+		page_reporting_unregister(&vb->reporting);
+}
+
+/*
+ * sysfs: /sys/bus/virtio/devices/virtioN/balloon/. Documented in
+ * Documentation/ABI/testing/sysfs-bus-virtio-devices-vballoon.
+ */
+static struct vballoon *vb_from_dev(struct device *dev)
+{
+	return dev_to_virtio(dev)->priv;
+}
+
+static ssize_t target_pages_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n",
+			  vb_target(vb_from_dev(dev)) / VB_UNITS_PER_PAGE);
+}
+static DEVICE_ATTR_RO(target_pages);
+
+static ssize_t target_bytes_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n", (u64)vb_target(vb_from_dev(dev)) <<
+			  VIRTIO_BALLOON_PFN_SHIFT);
+}
+static DEVICE_ATTR_RO(target_bytes);
+
+static ssize_t actual_pages_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n", vb_held_pages(vb_from_dev(dev)));
+}
+static DEVICE_ATTR_RO(actual_pages);
+
+static ssize_t actual_bytes_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%llu\n",
+			  (u64)READ_ONCE(vb_from_dev(dev)->num_pages) <<
+			  VIRTIO_BALLOON_PFN_SHIFT);
+}
+static DEVICE_ATTR_RO(actual_bytes);
+
+static const char * const vb_feature_names[] = {
+	[VIRTIO_BALLOON_F_MUST_TELL_HOST] = "must_tell_host",
+	[VIRTIO_BALLOON_F_STATS_VQ] = "stats_vq",
+	[VIRTIO_BALLOON_F_DEFLATE_ON_OOM] = "deflate_on_oom",
+	[VIRTIO_BALLOON_F_FREE_PAGE_HINT] = "free_page_hint",
+	[VIRTIO_BALLOON_F_PAGE_POISON] = "page_poison",
+	[VIRTIO_BALLOON_F_REPORTING] = "reporting",
+};
+
+static ssize_t features_show(struct device *dev,
+			     struct device_attribute *attr, char *buf)
+{
+	struct vballoon *vb = vb_from_dev(dev);
+	ssize_t len = 0;
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(vb_feature_names); i++)
+		if (vb_has(vb, i))
+			len += sysfs_emit_at(buf, len, "%s%s", len ? " " : "",
+					     vb_feature_names[i]);
+	return len + sysfs_emit_at(buf, len, "\n");
+}
+static DEVICE_ATTR_RO(features);
+
+static ssize_t floor_mib_show(struct device *dev,
+			      struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%lu\n",
+			  vb_floor(vb_from_dev(dev)) >> (20 - PAGE_SHIFT));
+}
+static DEVICE_ATTR_RO(floor_mib);
+
+static ssize_t reserve_mib_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(vb_from_dev(dev)->reserve_mib));
+}
+
+static ssize_t reserve_mib_store(struct device *dev,
+				 struct device_attribute *attr,
+				 const char *buf, size_t count)
+{
+	struct vballoon *vb = vb_from_dev(dev);
+	unsigned int n;
+
+	if (kstrtouint(buf, 0, &n) || n > vb_ram_mib(vb_held_pages(vb)))
+		return -EINVAL;
+	WRITE_ONCE(vb->reserve_mib, n);
+	vb_kick(vb);
+	return count;
+}
+static DEVICE_ATTR_RW(reserve_mib);
+
+static ssize_t max_balloon_pct_show(struct device *dev,
+				    struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(vb_from_dev(dev)->max_pct));
+}
+
+static ssize_t max_balloon_pct_store(struct device *dev,
+				     struct device_attribute *attr,
+				     const char *buf, size_t count)
+{
+	struct vballoon *vb = vb_from_dev(dev);
+	unsigned int n;
+
+	if (kstrtouint(buf, 0, &n) || n < max_balloon_pct.min ||
+	    n > max_balloon_pct.max)
+		return -EINVAL;
+	WRITE_ONCE(vb->max_pct, n);
+	vb_kick(vb);
+	return count;
+}
+static DEVICE_ATTR_RW(max_balloon_pct);
+
+static ssize_t inflate_show(struct device *dev,
+			    struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n", READ_ONCE(vb_from_dev(dev)->inflate));
+}
+
+static ssize_t inflate_store(struct device *dev, struct device_attribute *attr,
+			     const char *buf, size_t count)
+{
+	struct vballoon *vb = vb_from_dev(dev);
+	bool on;
+
+	if (kstrtobool(buf, &on))
+		return -EINVAL;
+	WRITE_ONCE(vb->inflate, on);
+	vb_kick(vb);
+	return count;
+}
+static DEVICE_ATTR_RW(inflate);
+
+/* A read-only counter: the attribute and the counter it shows. */
+struct vb_counter_attr {
+	struct device_attribute attr;
+	enum vb_counter idx;
+};
+
+static ssize_t vb_counter_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	struct vb_counter_attr *ca = container_of(attr, struct vb_counter_attr,
+						  attr);
+
+	return sysfs_emit(buf, "%lld\n",
+			  atomic64_read(&vb_from_dev(dev)->cnt[ca->idx]));
+}
+
+#define VB_COUNTER_ATTR(_name, _idx)					\
+	static struct vb_counter_attr vb_counter_attr_##_name = {	\
+		.attr = __ATTR(_name, 0444, vb_counter_show, NULL),	\
+		.idx = _idx,						\
+	}
+
+VB_COUNTER_ATTR(inflated_pages, VB_CNT_INFLATED_PAGES);
+VB_COUNTER_ATTR(deflated_pages, VB_CNT_DEFLATED_PAGES);
+VB_COUNTER_ATTR(oom_deflated_pages, VB_CNT_OOM_DEFLATED_PAGES);
+VB_COUNTER_ATTR(reserve_deflated_pages, VB_CNT_RESERVE_DEFLATED_PAGES);
+VB_COUNTER_ATTR(migrated_pages, VB_CNT_MIGRATED_PAGES);
+VB_COUNTER_ATTR(alloc_failures, VB_CNT_ALLOC_FAILURES);
+VB_COUNTER_ATTR(last_alloc_failure_ms, VB_CNT_LAST_ALLOC_FAILURE_MS);
+VB_COUNTER_ATTR(refusals, VB_CNT_REFUSALS);
+VB_COUNTER_ATTR(hint_rounds, VB_CNT_HINT_ROUNDS);
+VB_COUNTER_ATTR(hinted_pages, VB_CNT_HINTED_PAGES);
+VB_COUNTER_ATTR(reports, VB_CNT_REPORTS);
+VB_COUNTER_ATTR(reported_bytes, VB_CNT_REPORTED_BYTES);
+VB_COUNTER_ATTR(stats_requests, VB_CNT_STATS_REQUESTS);
+
+static struct attribute *vb_attrs[] = {
+	&dev_attr_target_pages.attr,
+	&dev_attr_target_bytes.attr,
+	&dev_attr_actual_pages.attr,
+	&dev_attr_actual_bytes.attr,
+	&dev_attr_features.attr,
+	&dev_attr_floor_mib.attr,
+	&dev_attr_reserve_mib.attr,
+	&dev_attr_max_balloon_pct.attr,
+	&dev_attr_inflate.attr,
+	&vb_counter_attr_inflated_pages.attr.attr,
+	&vb_counter_attr_deflated_pages.attr.attr,
+	&vb_counter_attr_oom_deflated_pages.attr.attr,
+	&vb_counter_attr_reserve_deflated_pages.attr.attr,
+	&vb_counter_attr_migrated_pages.attr.attr,
+	&vb_counter_attr_alloc_failures.attr.attr,
+	&vb_counter_attr_last_alloc_failure_ms.attr.attr,
+	&vb_counter_attr_refusals.attr.attr,
+	&vb_counter_attr_hint_rounds.attr.attr,
+	&vb_counter_attr_hinted_pages.attr.attr,
+	&vb_counter_attr_reports.attr.attr,
+	&vb_counter_attr_reported_bytes.attr.attr,
+	&vb_counter_attr_stats_requests.attr.attr,
+	NULL,
+};
+
+static const struct attribute_group vb_attr_group = {
+	.name = "balloon",
+	.attrs = vb_attrs,
+};
+
+/*
+ * debugfs: /sys/kernel/debug/vballoon/virtioN, the state a developer
+ * debugging a host wants. Sizes in guest pages unless said otherwise; no
+ * kernel addresses.
+ */
+static struct dentry *vb_debugfs_root;
+
+static const char * const vb_stat_names[VB_STATS_MAX] = {
+	[VIRTIO_BALLOON_S_SWAP_IN] = "swap_in",
+	[VIRTIO_BALLOON_S_SWAP_OUT] = "swap_out",
+	[VIRTIO_BALLOON_S_MAJFLT] = "major_faults",
+	[VIRTIO_BALLOON_S_MINFLT] = "minor_faults",
+	[VIRTIO_BALLOON_S_MEMFREE] = "free",
+	[VIRTIO_BALLOON_S_MEMTOT] = "total",
+	[VIRTIO_BALLOON_S_AVAIL] = "available",
+	[VIRTIO_BALLOON_S_CACHES] = "caches",
+	[VIRTIO_BALLOON_S_HTLB_PGALLOC] = "hugetlb_allocations",
+	[VIRTIO_BALLOON_S_HTLB_PGFAIL] = "hugetlb_failures",
+	[VIRTIO_BALLOON_S_OOM_KILL] = "oom_kills",
+	[VIRTIO_BALLOON_S_ALLOC_STALL] = "alloc_stalls",
+	[VIRTIO_BALLOON_S_ASYNC_SCAN] = "async_scans",
+	[VIRTIO_BALLOON_S_DIRECT_SCAN] = "direct_scans",
+	[VIRTIO_BALLOON_S_ASYNC_RECLAIM] = "async_reclaims",
+	[VIRTIO_BALLOON_S_DIRECT_RECLAIM] = "direct_reclaims",
+};
+
+static void vb_debugfs_census(struct seq_file *m, struct vballoon *vb)
+{
+	unsigned long by_order[VBALLOON_MAX_ORDER + 1] = {};
+	unsigned long by_zone[MAX_NR_ZONES] = {};
+	struct pglist_data *pgdat = NODE_DATA(first_online_node);
+	int i;
+
+	vballoon_pages_census(&vb->pages, by_zone, by_order);
+	seq_puts(m, "pages_by_zone:");
+	for (i = 0; i < MAX_NR_ZONES; i++)
+		if (by_zone[i])
+			seq_printf(m, " %s=%lu", pgdat->node_zones[i].name,
+				   by_zone[i]);
+	seq_puts(m, "\npages_by_run_order:");
+	for (i = 0; i <= VBALLOON_MAX_ORDER; i++)
+		if (by_order[i])
+			seq_printf(m, " %d=%lu", i, by_order[i]);
+	seq_putc(m, '\n');
+}
+
+static int vb_debugfs_show(struct seq_file *m, void *unused)
+{
+	struct vballoon *vb = m->private;
+	unsigned long floor = vb_floor(vb);
+	unsigned long retry_at = READ_ONCE(vb->retry_at);
+	unsigned int i, tag;
+
+	seq_printf(m, "target_units: %u\n", vb_target(vb));
+	seq_printf(m, "actual_units: %u\n", READ_ONCE(vb->num_pages));
+	seq_printf(m, "goal_units: %u\n", min(vb_target(vb), vb_ceiling(vb)));
+	seq_printf(m, "last_target_change: %u units from %u, %llu ms ago\n",
+		   vb->last_target, vb->prev_target,
+		   vb->last_target_ms ? vb_now_ms() - vb->last_target_ms : 0);
+	seq_printf(m, "mem_available: %ld\n", si_mem_available());
+	seq_printf(m, "floor: %lu (automatic %lu, reserve %u MiB), slack %lu\n",
+		   floor, vb->floor_pages, READ_ONCE(vb->reserve_mib),
+		   vb_slack(floor));
+	seq_printf(m, "ceiling_units: %u\n", vb_ceiling(vb));
+	seq_printf(m, "backoff_ms: %u, next inflate in %u ms\n",
+		   READ_ONCE(vb->backoff_ms),
+		   time_after(retry_at, jiffies) ?
+		   jiffies_to_msecs(retry_at - jiffies) : 0);
+	seq_printf(m, "buffers_in_flight: %u of %u\n", READ_ONCE(vb->inflight),
+		   vb->max_inflight);
+	seq_printf(m, "isolated_pages: %lu\n",
+		   vballoon_pages_isolated(&vb->pages));
+	vb_debugfs_census(m, vb);
+	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		seq_printf(m, "hint: cmd_id %u, blocks held %lu of order %u\n",
+			   READ_ONCE(vb->hint.cmd_id),
+			   READ_ONCE(vb->hint.nr_blocks), VB_HINT_ORDER);
+	if (!vb->stats_vq)
+		return 0;
+	seq_puts(m, "last_stats:");
+	for (i = 0; i < READ_ONCE(vb->nr_stats); i++) {
+		tag = virtio16_to_cpu(vb->vdev, vb->stats[i].tag);
+		seq_printf(m, " %s=%llu",
+			   tag < VB_STATS_MAX ? vb_stat_names[tag] : "?",
+			   virtio64_to_cpu(vb->vdev, vb->stats[i].val));
+	}
+	seq_putc(m, '\n');
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(vb_debugfs);
+
+static void vb_config_changed(struct virtio_device *vdev)
+{
+	struct vballoon *vb = vdev->priv;
+	unsigned long flags;
+
+	vb_kick(vb);
+	spin_lock_irqsave(&vb->stop_lock, flags);
+	if (!vb->stop_update)
+		vb_hint_kick(vb);
+	spin_unlock_irqrestore(&vb->stop_lock, flags);
+}
+
+static int vb_init_vqs(struct vballoon *vb)
+{
+	vq_callback_t *callbacks[VB_VQ_MAX] = { vb_ack, vb_ack };
+	const char *names[VB_VQ_MAX] = { "inflate", "deflate" };
+	struct virtqueue *vqs[VB_VQ_MAX] = {};
+	int err;
+
+	if (vb_has(vb, VIRTIO_BALLOON_F_STATS_VQ)) {
+		callbacks[VB_VQ_STATS] = vb_stats_request;
+		names[VB_VQ_STATS] = "stats";
+	}
+	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
+		callbacks[VB_VQ_HINT] = vb_ack;
+		names[VB_VQ_HINT] = "free_page_vq";
+	}
+	if (vb_has(vb, VIRTIO_BALLOON_F_REPORTING)) {
+		callbacks[VB_VQ_REPORTING] = vb_ack;
+		names[VB_VQ_REPORTING] = "reporting_vq";
+	}
+	err = vballoon_find_vqs(vb->vdev, VB_VQ_MAX, vqs, callbacks, names);
+	if (err)
+		return err;
+
+	vb->inflate_vq = vqs[VB_VQ_INFLATE];
+	vb->deflate_vq = vqs[VB_VQ_DEFLATE];
+	vb->max_inflight = min3(VB_BUFS,
+				virtqueue_get_vring_size(vb->inflate_vq),
+				virtqueue_get_vring_size(vb->deflate_vq));
+	vb->hint.vq = vqs[VB_VQ_HINT];
+	vb->reporting_vq = vqs[VB_VQ_REPORTING];
+	vb->stats_vq = NULL;
+	if (vb_has(vb, VIRTIO_BALLOON_F_STATS_VQ)) {
+		vb->stats_vq = vqs[VB_VQ_STATS];
+		/* Prime the queue so the host can ask for figures. */
+		err = vb_post_stats(vb);
+		if (err) {
+			vb->vdev->config->del_vqs(vb->vdev);
+			return err;
+		}
+	}
+	return 0;
+}
+
+/*
+ * The smallest MemAvailable the balloon leaves the guest: 1/32 of its
+ * memory, at least 32 MiB (the tail of Hyper-V's balloon floor). Below it
+ * a guest holding unreclaimable memory (tmpfs, no swap) is at the OOM
+ * killer's mercy, and a guest with nothing left to kill panics.
+ */
+static unsigned long vb_default_floor(void)
+{
+	unsigned long total = totalram_pages();
+
+	return max(total / 32, 32UL << (20 - PAGE_SHIFT));
+}
+
+static int vb_validate(struct virtio_device *vdev)
+{
+	/*
+	 * The device is handed guest-physical page numbers: it must not see
+	 * them through an IOMMU.
+	 */
+	__virtio_clear_bit(vdev, VIRTIO_F_ACCESS_PLATFORM);
+
+	/*
+	 * Nothing to tell the host if freed pages keep no known content. If
+	 * they do and the host cannot be told, reporting would let the host
+	 * change free pages under the guest's poison checks: go without it.
+	 */
+	if (!want_init_on_free() && !page_poisoning_enabled_static())
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_PAGE_POISON);
+	else if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON))
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_REPORTING);
+	return 0;
+}
+
+static void vb_write_poison(struct vballoon *vb)
+{
+	/* init_on_free leaves freed pages zeroed: poison value 0. */
+	u32 poison = 0;
+
+	if (!vb_has(vb, VIRTIO_BALLOON_F_PAGE_POISON))
+		return;
+	if (!want_init_on_free())
+		memset(&poison, PAGE_POISON, sizeof(poison));
+	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, poison_val,
+			 &poison);
+}
+
+static int vb_probe(struct virtio_device *vdev)
+{
+	struct vballoon *vb;
+	unsigned int i;
+	int err;
+
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "config space is not readable\n");
+		return -EINVAL;
+	}
+
+	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
+	if (!vb)
+		return -ENOMEM;
+	vb->bufs = kcalloc(VB_BUFS, sizeof(*vb->bufs), GFP_KERNEL);
+	if (!vb->bufs) {
+		err = -ENOMEM;
+		goto err_free_vb;
+	}
+	for (i = 0; i < VB_BUFS; i++)
+		INIT_LIST_HEAD(&vb->bufs[i].pages);
+	vb->free_bufs = GENMASK(VB_BUFS - 1, 0);
+	INIT_LIST_HEAD(&vb->stash);
+	vdev->priv = vb;
+	vb->vdev = vdev;
+	mutex_init(&vb->lock);
+	init_waitqueue_head(&vb->acked);
+	spin_lock_init(&vb->stop_lock);
+	INIT_DELAYED_WORK(&vb->size_work, vb_size_work);
+	INIT_WORK(&vb->stats_work, vb_stats_work);
+	vballoon_pages_init(&vb->pages, vb_migrate);
+	vb->floor_pages = vb_default_floor();
+	vb->reserve_mib = READ_ONCE(reserve_mib.val);
+	vb->max_pct = READ_ONCE(max_balloon_pct.val);
+	vb->inflate = READ_ONCE(inflate);
+	vb->backoff_ms = VB_BACKOFF_MIN_MS;
+	vb->retry_at = jiffies;
+	ratelimit_state_init(&vb->fail_rs, 30 * HZ, 1);
+	ratelimit_set_flags(&vb->fail_rs, RATELIMIT_MSG_ON_RELEASE);
+
+	err = vb_init_vqs(vb);
+	if (err)
+		goto err_free_vb;
+	err = vb_hint_init(vb);
+	if (err)
+		goto err_del_vqs;
+
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM)) {
+		vb->oom_nb.notifier_call = vb_oom_notify;
+		vb->oom_nb.priority = 80;
+		err = register_oom_notifier(&vb->oom_nb);
+		if (err)
+			goto err_hint_exit;
+	}
+	vb_write_poison(vb);
+
+	virtio_device_ready(vdev);
+
+	err = vb_reporting_init(vb);
+	if (err)
+		goto err_reset;
+	err = device_add_group(&vdev->dev, &vb_attr_group);
+	if (err)
+		goto err_reporting_exit;
+	vb->debugfs = debugfs_create_file(dev_name(&vdev->dev), 0400,
+					  vb_debugfs_root, vb,
+					  &vb_debugfs_fops);
+
+	vb_config_changed(vdev);
+	return 0;
+
+err_reporting_exit:
+	vb_reporting_exit(vb);
+err_reset:
+	virtio_reset_device(vdev);
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		unregister_oom_notifier(&vb->oom_nb);
+err_hint_exit:
+	vb_hint_exit(vb);
+err_del_vqs:
+	vdev->config->del_vqs(vdev);
+err_free_vb:
+	kfree(vb->bufs);
+	kfree(vb);
+	return err;
+}
+
+/* Give every page back to the guest, tell the host, reset the device. */
+static void vb_empty_and_reset(struct vballoon *vb)
+{
+	while (vb->num_pages) {
+		if (!vb_deflate(vb, vb->num_pages))
+			/* Pages isolated by migration come back shortly. */
+			msleep(20);
+	}
+	mutex_lock(&vb->lock);
+	vb_update_actual(vb);
+	mutex_unlock(&vb->lock);
+	/* Blocks a hint round still holds go back too. */
+	vb_hint_release(vb, ULONG_MAX);
+	virtio_reset_device(vb->vdev);
+	vb->vdev->config->del_vqs(vb->vdev);
+}
+
+static void vb_stop_updates(struct vballoon *vb)
+{
+	spin_lock_irq(&vb->stop_lock);
+	vb->stop_update = true;
+	spin_unlock_irq(&vb->stop_lock);
+	cancel_delayed_work_sync(&vb->size_work);
+	cancel_work_sync(&vb->stats_work);
+	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
+		/* Let a round waiting for room see the end. */
+		set_bit(0, &vb->hint.reread);
+		wake_up(&vb->acked);
+		cancel_work_sync(&vb->hint.work);
+	}
+}
+
+static void vb_remove(struct virtio_device *vdev)
+{
+	struct vballoon *vb = vdev->priv;
+
+	debugfs_remove(vb->debugfs);
+	device_remove_group(&vdev->dev, &vb_attr_group);
+	vb_reporting_exit(vb);
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		unregister_oom_notifier(&vb->oom_nb);
+	vb_stop_updates(vb);
+	vb_empty_and_reset(vb);
+	vb_hint_exit(vb);
+	kfree(vb->bufs);
+	kfree(vb);
+}
+
+#ifdef CONFIG_PM_SLEEP
+static int vb_freeze(struct virtio_device *vdev)
+{
+	struct vballoon *vb = vdev->priv;
+
+	/*
+	 * The freezable workqueue is already frozen: no work runs. Empty
+	 * the balloon so a restored guest starts from what the host wants
+	 * then.
+	 */
+	vb_reporting_exit(vb);
+	vb_empty_and_reset(vb);
+	return 0;
+}
+
+static int vb_restore(struct virtio_device *vdev)
+{
+	struct vballoon *vb = vdev->priv;
+	int err;
+
+	err = vb_init_vqs(vb);
+	if (err)
+		return err;
+	vb_write_poison(vb);
+	virtio_device_ready(vdev);
+	err = vb_reporting_init(vb);
+	if (err)
+		return err;
+	vb_config_changed(vdev);
+	return 0;
+}
+#endif
+
+static const struct virtio_device_id vb_id_table[] = {
+	{ VIRTIO_ID_BALLOON, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+MODULE_DEVICE_TABLE(virtio, vb_id_table);
+
+static unsigned int vb_features[] = {
+	VIRTIO_BALLOON_F_MUST_TELL_HOST,
+	VIRTIO_BALLOON_F_STATS_VQ,
+	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+	VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+	VIRTIO_BALLOON_F_PAGE_POISON,
+	VIRTIO_BALLOON_F_REPORTING,
+};
+
+static struct virtio_driver vb_driver = {
+	.feature_table = vb_features,
+	.feature_table_size = ARRAY_SIZE(vb_features),
+	.driver.name = KBUILD_MODNAME,
+	/* v6.1's register_virtio_driver() does not set it for us. */
+	.driver.owner = THIS_MODULE,
+	.id_table = vb_id_table,
+	.validate = vb_validate,
+	.probe = vb_probe,
+	.remove = vb_remove,
+	.config_changed = vb_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = vb_freeze,
+	.restore = vb_restore,
+#endif
+};
+
+static int __init vb_init(void)
+{
+	int err;
+
+	vb_debugfs_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	err = register_virtio_driver(&vb_driver);
+	if (err)
+		debugfs_remove_recursive(vb_debugfs_root);
+	return err;
+}
+module_init(vb_init);
+
+static void __exit vb_exit(void)
+{
+	unregister_virtio_driver(&vb_driver);
+	debugfs_remove_recursive(vb_debugfs_root);
+}
+module_exit(vb_exit);
+
+MODULE_DESCRIPTION("Virtio memory balloon driver (vballoon)");
+MODULE_LICENSE("GPL");
+MODULE_VERSION(VBALLOON_VERSION);
