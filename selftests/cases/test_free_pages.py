@@ -1,0 +1,244 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Free page hinting (live migration) and free page reporting (host RSS)."""
+import time
+
+from vbtest import MiB, case, virtio
+from vbtest.vm import VM, console_problems
+
+HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
+            qemu_args=["-object", "iothread,id=io0"])
+REPORT = {"free-page-reporting": "on"}
+
+
+def dirty_and_free(g, mib):
+    """Write mib MiB of non-zero data to tmpfs and delete it: free memory that
+    the host still holds (QEMU sends zero pages almost for free)."""
+    g.check("mount -o remount,size=90% /tmp")
+    g.check(f"tmpfill fill /tmp/dirty {mib} 1024", timeout=180)
+    g.check("tmpfill clear /tmp/dirty", timeout=60)
+
+
+def migrate(qmp, uri, bandwidth=32 << 20, timeout=300):
+    """Migrate (by default at QEMU's default 32 MiB/s); returns query-migrate's
+    ram section.
+
+    Hints only help if the guest answers before the first pass has sent the
+    pages. Debian's kernels zero every page they allocate (init_on_alloc),
+    hinted blocks included: under TCG a round over 800 MiB takes about 2 s.
+    """
+    qmp.cmd("migrate-set-parameters", max_bandwidth=bandwidth)
+    qmp.cmd("migrate", uri=uri)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = qmp.cmd("query-migrate")
+        if info.get("status") == "completed":
+            return info["ram"]
+        if info.get("status") in ("failed", "cancelled"):
+            raise RuntimeError(f"migration {info.get('status')}: {info}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"migration not done in {timeout} s: {info}")
+        time.sleep(0.2)
+
+
+def verify_pattern(job, t, what):
+    n = len(job.output().splitlines())
+    job.signal("USR1")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        res = [x for x in job.output().splitlines()[n:] if x.startswith("verify")]
+        if res:
+            t.check(res[0].startswith("verify ok"), f"{what}: {res[0]}")
+            t.log(f"{what}: {res[0]}")
+            return
+        time.sleep(0.5)
+    t.fail(f"{what}: pattern did not answer")
+
+
+def sibling(t, name, config):
+    """Another QEMU for the same kernel and image, next to the case's own."""
+    return VM(t.kver, t.vm.initrd, config,
+              t.vm.workdir.parent / f"{t.vm.workdir.name}-{name}", t.vm.accel)
+
+
+@case(timeout=600, fresh=True, **HINT)
+def case_hint_migration(t):
+    """Migrating with free page hinting skips the guest's free memory: the
+    RAM sent shrinks by at least 70% against the same guest without hints;
+    the migrated guest resumes with its data intact and a working balloon."""
+    dev = t.load_driver()
+    t.check(t.g.features(dev) & virtio.bit("FREE_PAGE_HINT"), "FREE_PAGE_HINT not negotiated")
+    job = t.g.spawn("pattern hold 64 11")
+    job.wait_output(r"^holding", timeout=120)
+    dirty_and_free(t.g, 600)
+    img = t.vm.workdir / "hinted.mig"
+    hinted = migrate(t.qmp, f"exec:cat > {img}")
+    t.qmp.cmd("cont")
+    t.log(f"with hints: {hinted['transferred'] // MiB} MiB sent "
+          f"({hinted['normal']} normal pages)")
+    if t.driver == "vballoon":
+        b = t.bsys()
+        t.log(f"sysfs: {b['hint_rounds']} hint rounds, {b['hinted_pages']} pages hinted")
+        t.check(b["hint_rounds"] >= 1, "sysfs hint_rounds stayed 0")
+        # the 600 MiB written and freed were hinted, and not sent
+        t.check(b["hinted_pages"] * 4096 >= 500 * MiB,
+                f"sysfs hinted_pages {b['hinted_pages']}")
+
+    # The same guest and workload on a device without hinting.
+    plain = sibling(t, "plain", t.config.merged(device={"free-page-hint": "off"}))
+    try:
+        t.check(plain.start(), "guest without hinting did not boot")
+        plain.guest.check(f"insmod /lib/{t.driver}.ko")
+        plain.guest.check("pattern hold 64 11 >/dev/null 2>&1 &")
+        dirty_and_free(plain.guest, 600)
+        # without hints the speed changes nothing sent: go fast
+        sent = migrate(plain.qmp, "exec:cat > /dev/null", 4 << 30)["transferred"]
+    finally:
+        plain.stop()
+    t.log(f"without hints: {sent // MiB} MiB sent")
+    t.check(hinted["transferred"] <= 0.3 * sent,
+            f"hinting sent {hinted['transferred'] // MiB} MiB, without "
+            f"{sent // MiB} MiB: want at least 70% less")
+
+    # The hinted image resumes in a new QEMU.
+    vm2 = sibling(t, "dst", t.config)
+    try:
+        t.check(vm2.start(incoming=f"exec:cat {img}"), "migrated guest did not resume")
+        g2 = vm2.guest
+        t.eq(g2.check("echo resumed").strip(), "resumed", "migrated guest answers")
+        n = len(g2.read(f"/tmp/.job{job.n}.out").splitlines())
+        g2.check(f"kill -USR1 {job.pid}")
+        deadline = time.monotonic() + 120
+        while True:
+            res = [x for x in g2.read(f"/tmp/.job{job.n}.out").splitlines()[n:]
+                   if x.startswith("verify")]
+            if res:
+                break
+            t.check(time.monotonic() < deadline, "pattern did not answer after migration")
+            time.sleep(0.5)
+        t.check(res[0].startswith("verify ok"), f"after migration: {res[0]}")
+        t.log(f"after migration: {res[0]}")
+        total0 = g2.meminfo()["MemTotal"]
+        vm2.qmp.balloon(512 * MiB)
+        vm2.qmp.wait_actual(512 * MiB, 120)
+        t.near(g2.meminfo()["MemTotal"], total0 - 512 * 1024, 2048,
+               "MemTotal (kB) of the migrated guest at 512 MiB")
+        vm2.qmp.balloon(t.mem)
+        vm2.qmp.wait_actual(t.mem, 120)
+        bad = console_problems(vm2.console.text())
+        t.check(not bad, "migrated guest's console: " + "; ".join(bad[:5]))
+    finally:
+        vm2.stop()
+        img.unlink(missing_ok=True)
+    job.signal("TERM")
+
+
+@case(timeout=400, fresh=True, **HINT)
+def case_hint_pressure(t):
+    """A process allocating while a hint round holds the guest's free memory
+    gets it (the shrinker hands hinted blocks back): no OOM kill."""
+    t.load_driver()
+    dirty_and_free(t.g, 600)
+    want = t.g.meminfo()["MemAvailable"] // 1024 - 64
+    v0 = t.g.vmstat()
+    t.qmp.cmd("migrate-set-parameters", max_bandwidth=64 << 20)
+    t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+    time.sleep(1)
+    out = t.g.check(f"memhog {want}", timeout=240)
+    t.check(f"touched {want} MiB" in out, f"memhog during hinting:\n{out}")
+    t.qmp.cmd("migrate-set-parameters", max_bandwidth=64 << 30)
+    deadline = time.monotonic() + 300
+    while t.qmp.cmd("query-migrate").get("status") != "completed":
+        t.check(time.monotonic() < deadline, "migration did not complete")
+        time.sleep(0.5)
+    t.qmp.cmd("cont")
+    t.eq(t.g.vmstat()["oom_kill"], v0["oom_kill"], "oom_kill count")
+
+
+def rss_kb(t):
+    return t.rss()["VmRSS"]
+
+
+@case(timeout=300, fresh=True, device=REPORT)
+def case_report(t):
+    """Free page reporting: memory the guest frees goes back to the host
+    within 10 s (QEMU's RSS falls by >= 90% of it)."""
+    dev = t.load_driver()
+    t.check(t.g.features(dev) & virtio.bit("REPORTING"), "REPORTING not negotiated")
+    t.g.check("mount -o remount,size=90% /tmp")
+    t.g.check("tmpfill fill /tmp/dirty 600 1024", timeout=180)
+    time.sleep(3)
+    before = rss_kb(t)
+    rep0 = t.bsys() if t.driver == "vballoon" else None
+    t.g.check("tmpfill clear /tmp/dirty", timeout=60)
+    t0 = time.monotonic()
+    drop = 0
+    while time.monotonic() - t0 < 10:
+        drop = before - rss_kb(t)
+        if drop >= 0.9 * 600 * 1024:
+            break
+        time.sleep(0.25)
+    t.log(f"RSS fell by {drop // 1024} MiB in {time.monotonic() - t0:.1f} s")
+    t.check(drop >= 0.9 * 600 * 1024,
+            f"QEMU RSS fell by {drop // 1024} MiB within 10 s, want >= 540 MiB")
+    if rep0:
+        rep = t.bsys()
+        got = rep["reported_bytes"] - rep0["reported_bytes"]
+        t.log(f"sysfs: {rep['reports'] - rep0['reports']} reports, {got // MiB} MiB")
+        # the host can only have freed what it was told of
+        t.check(got >= drop * 1024 * 0.95,
+                f"sysfs reported {got // MiB} MiB, QEMU's RSS fell {drop // 1024} MiB")
+
+
+@case(timeout=300)
+def case_report_off(t):
+    """Without the feature the same freed memory stays with the host."""
+    t.load_driver()
+    t.g.check("mount -o remount,size=90% /tmp")
+    t.g.check("tmpfill fill /tmp/dirty 600 1024", timeout=180)
+    before = rss_kb(t)
+    t.g.check("tmpfill clear /tmp/dirty", timeout=60)
+    time.sleep(10)
+    drop = before - rss_kb(t)
+    t.log(f"RSS fell by {drop // 1024} MiB in 10 s")
+    t.check(drop < 0.3 * 600 * 1024, f"QEMU RSS fell by {drop // 1024} MiB without reporting")
+
+
+@case(timeout=400, fresh=True, device=REPORT)
+def case_report_busy(t):
+    """Reporting while the balloon moves, and unload in the middle of a
+    reporting burst: no warnings, every page back, data intact."""
+    mi0 = t.g.meminfo()
+    t.load_driver()
+    job = t.g.spawn("pattern hold 128 5")
+    job.wait_output(r"^holding", timeout=120)
+    t.g.check("mount -o remount,size=90% /tmp")
+    for _ in range(2):
+        t.g.check("tmpfill fill /tmp/dirty 400 1024", timeout=180)
+        t.g.check("tmpfill clear /tmp/dirty", timeout=60)
+        t.balloon(400 * MiB)
+        t.balloon(t.mem)
+    verify_pattern(job, t, "after reporting with inflate/deflate")
+    t.g.check("tmpfill fill /tmp/dirty 400 1024", timeout=180)
+    t.g.check("tmpfill clear /tmp/dirty", timeout=60)
+    time.sleep(2)           # the kernel reports 2 s after pages are freed
+    t.unload_driver()
+    t.eq(t.g.meminfo()["MemTotal"], mi0["MemTotal"], "MemTotal (kB) after unload")
+    t.eq(t.qmp.query_balloon(), t.mem, "host's actual after unload")
+    verify_pattern(job, t, "after unload mid-report")
+    out = t.g.check("memhog 400", timeout=180)
+    t.check("touched 400 MiB" in out, f"memhog after unload:\n{out}")
+    job.signal("TERM")
+
+
+@case()
+def case_report_order(t):
+    """report_order: out of range fails the load naming it; a valid value
+    is taken."""
+    rc, out = t.g.run(f"insmod /lib/{t.driver}.ko report_order=99")
+    t.check(rc != 0, "insmod report_order=99 succeeded")
+    said = out + t.g.check("dmesg | tail -5")
+    t.check("report_order" in said, f"no message naming report_order:\n{said}")
+    t.check(not t.driver_loaded(), "module loaded after a bad report_order")
+    t.load_driver("report_order=5")
+    t.eq(t.g.read(f"/sys/module/{t.driver}/parameters/report_order").strip(), "5",
+         "report_order")

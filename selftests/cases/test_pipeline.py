@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Pipelined, huge-page-first inflate: progress, parameters, host huge pages."""
+import time
+
+from vbtest import MiB, case
+
+PAGE_KB = 4
+
+
+def watch(t, target, timeout=180, stats=False):
+    """Balloon to target; sample query-balloon (and guest-stats) meanwhile.
+
+    Returns (seconds taken, largest gap in s between two changes of actual,
+    largest gap in s between two guest-stats updates or None).
+    """
+    start = t.qmp.query_balloon()
+    t.qmp.balloon(target)
+    t0 = time.monotonic()
+    last_change, last_actual, gap = t0, start, 0.0
+    last_stats, stats_gap, stats_seen = None, 0.0, None
+    while True:
+        now = time.monotonic()
+        if now - t0 > timeout:
+            t.fail(f"balloon -> {target // MiB} MiB: actual {last_actual // MiB} MiB "
+                   f"after {timeout} s")
+        actual = t.qmp.query_balloon()
+        if actual != last_actual:
+            # the first change comes once the work has started
+            if last_actual != start:
+                gap = max(gap, now - last_change)
+            last_change, last_actual = now, actual
+        if stats:
+            upd = t.qmp.qom_get(t.balloon_qom, "guest-stats")["last-update"]
+            if upd != stats_seen:
+                if last_stats is not None:
+                    stats_gap = max(stats_gap, now - last_stats)
+                last_stats, stats_seen = now, upd
+        if actual == target:
+            return now - t0, gap, (stats_gap if stats else None)
+        time.sleep(0.05)
+
+
+@case(mem=4096, timeout=400)
+def case_progress(t):
+    """A 3 GiB inflate keeps `actual` moving at least once a second and never
+    starves the stats queue; deflate likewise."""
+    t.load_driver()
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
+    total0 = t.g.meminfo()["MemTotal"]
+    for target, what in ((1024 * MiB, "inflate 3 GiB"), (t.mem, "deflate 3 GiB")):
+        secs, gap, sgap = watch(t, target, stats=True)
+        t.log(f"{what}: {secs:.1f} s, longest wait for actual {gap:.2f} s, "
+              f"for guest-stats {sgap:.2f} s")
+        t.check(gap <= 1.0, f"{what}: actual did not move for {gap:.2f} s")
+        # QEMU polls every second: an update may land just after our sample
+        t.check(sgap <= 2.5, f"{what}: guest-stats not refreshed for {sgap:.2f} s")
+    t.near(t.g.meminfo()["MemTotal"], total0, 1024, "MemTotal (kB) after deflating")
+
+
+@case()
+def case_params(t):
+    """batch and huge_first: bad values fail the load naming the parameter;
+    small batches without huge pages still reach the targets exactly."""
+    for bad in ("batch=0", "batch=257", "batch=x", "huge_first=maybe"):
+        mark = t.vm.console.mark()
+        rc, out = t.g.run(f"insmod /lib/{t.driver}.ko {bad}")
+        t.check(rc != 0, f"insmod {bad} succeeded")
+        name = bad.split("=")[0]
+        said = out + t.vm.console.text(mark) + t.g.check("dmesg | tail -5")
+        t.check(name in said, f"insmod {bad}: no message naming {name}:\n{said}")
+        t.check(not t.driver_loaded(), f"module loaded after insmod {bad}")
+        t.log(f"insmod {bad} refused")
+    t.load_driver("batch=64 huge_first=0")
+    t.eq(t.g.read("/sys/module/vballoon/parameters/batch").strip(), "64", "batch")
+    v0 = t.g.vmstat()
+    total0 = t.g.meminfo()["MemTotal"]
+    t.balloon(t.mem - 300 * MiB)
+    v1 = t.g.vmstat()
+    pages = 300 * MiB // (PAGE_KB * 1024)
+    t.eq(v1["balloon_inflate"] - v0["balloon_inflate"], pages, "balloon_inflate delta")
+    t.near(t.g.meminfo()["MemTotal"], total0 - 300 * 1024, 1024, "MemTotal (kB)")
+    t.balloon(t.mem)
+    t.eq(t.g.vmstat()["balloon_deflate"] - v0["balloon_deflate"], pages,
+         "balloon_deflate delta")
+
+
+@case(fresh=True,
+      variants={"huge": dict(params={"huge": 1}), "small": dict(params={"huge": 0})})
+def case_thp(t):
+    """Inflating half of a guest backed by host transparent huge pages: with
+    huge_first the host keeps the huge pages of the other half."""
+    t.load_driver(f"huge_first={t.params['huge']}")
+    hog = t.g.meminfo()["MemAvailable"] // 1024 - 48
+    t.g.check(f"memhog {hog}", timeout=180)
+    thp0 = t.rss()["AnonHugePages"]
+    if thp0 < 512 * 1024:
+        t.skip(f"host backs only {thp0 // 1024} MiB of the guest with huge pages")
+    v0 = t.g.vmstat()
+    half = t.mem // 2
+    t.balloon(half)
+    thp1 = t.rss()["AnonHugePages"]
+    t.eq(t.g.vmstat()["balloon_inflate"] - v0["balloon_inflate"],
+         half // (PAGE_KB * 1024), "balloon_inflate delta")
+    t.log(f"host AnonHugePages {thp0 // 1024} -> {thp1 // 1024} MiB after "
+          f"inflating {half // MiB} MiB")
+    if t.params["huge"]:
+        # every 2 MiB block ballooned costs the host exactly one huge page
+        want = thp0 - half // 1024
+        t.check(thp1 >= 0.8 * want,
+                f"host kept {thp1 // 1024} MiB of huge pages, want >= 80% of "
+                f"{want // 1024} MiB")
+    t.balloon(t.mem)

@@ -1,0 +1,184 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The guest's say: reserve, ceiling, stats-only mode, validated inputs."""
+import re
+import time
+
+from vbtest import MiB, case
+from vbtest.stats import compare_stats, wait_stats
+
+PAGE = 4096
+
+
+def only_vballoon(t):
+    if t.driver != "vballoon":
+        t.skip("vballoon's own policy")
+
+
+def attr(t, dev, name):
+    return f"{dev}/balloon/{name}"
+
+
+@case(timeout=400)
+def case_reserve(t):
+    """reserve_mib=400: the host asks for more, the balloon stops with
+    MemAvailable above 400 MiB and says so; when the guest's own tmpfs use
+    then eats into the reserve, the balloon gives pages back, and actual
+    tells the host."""
+    only_vballoon(t)
+    dev = t.load_driver("reserve_mib=400")
+    t.eq(int(t.g.read(attr(t, dev, "reserve_mib"))), 400, "reserve_mib")
+    t.eq(int(t.g.read(attr(t, dev, "floor_mib"))), 400, "floor_mib")
+    mark = t.vm.console.mark()
+    t.qmp.balloon(64 * MiB)
+    actual = t.qmp.wait_actual(64 * MiB, 120, settle=4)
+    a = t.bsys()
+    avail = t.g.meminfo()["MemAvailable"] // 1024
+    t.log(f"host asked 64 MiB: guest kept {actual // MiB} MiB, MemAvailable {avail} MiB")
+    t.check(avail >= 400, f"MemAvailable {avail} MiB under the 400 MiB reserve")
+    t.check(actual > 400 * MiB, f"the balloon left the guest only {actual // MiB} MiB")
+    t.eq(a["actual_bytes"], t.mem - actual, "sysfs actual_bytes vs query-balloon")
+    t.eq(a["refusals"], 1, "refusals for the one target")
+    t.check(re.search(r"not reached.*keeps 409600 KiB available", t.vm.console.text(mark)),
+            "no message about the reserve on the console")
+
+    # the guest's own use grows past the floor: the balloon gives back
+    held0 = a["actual_pages"]
+    t.g.check("tmpfill fill /tmp/own 200 1024", timeout=120)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if t.g.meminfo()["MemAvailable"] // 1024 >= 400:
+            break
+        time.sleep(0.5)
+    a = t.bsys()
+    avail = t.g.meminfo()["MemAvailable"] // 1024
+    t.log(f"after 200 MiB in tmpfs: balloon {a['actual_pages'] * PAGE // MiB} MiB, "
+          f"MemAvailable {avail} MiB, gave back {a['reserve_deflated_pages']} pages")
+    t.check(avail >= 400, f"MemAvailable {avail} MiB stayed under the reserve")
+    t.check(a["reserve_deflated_pages"] >= 150 * MiB // PAGE,
+            f"reserve_deflated_pages {a['reserve_deflated_pages']}")
+    t.eq(held0 - a["actual_pages"], a["reserve_deflated_pages"],
+         "pages the balloon shrank by vs reserve_deflated_pages")
+    t.wait_actual(t.mem - a["actual_bytes"], 10)
+    t.eq(t.qmp.query_balloon(), t.mem - a["actual_bytes"], "host's actual after giving back")
+
+    # lowering the reserve lets the balloon take more again
+    t.g.check(f"echo 0 > {attr(t, dev, 'reserve_mib')}")
+    t.check(int(t.g.read(attr(t, dev, "floor_mib"))) < 400, "floor_mib did not drop")
+    t.check(t.qmp.wait_actual(64 * MiB, 60, settle=3) < t.mem - a["actual_bytes"],
+            "the balloon did not grow once the reserve was lowered")
+    t.g.check("tmpfill clear /tmp/own", timeout=60)
+    t.balloon(t.mem)
+
+
+@case()
+def case_ceiling(t):
+    """max_balloon_pct caps the balloon at a share of guest memory (MemTotal
+    with the balloon's pages counted back in); changing it through sysfs
+    moves the balloon up to the new cap, or gives pages back."""
+    only_vballoon(t)
+    total = t.g.meminfo()["MemTotal"] * 1024 // PAGE
+    dev = t.load_driver("max_balloon_pct=25")
+
+    def cap(pct):
+        return total * pct // 100 * PAGE
+
+    t.qmp.balloon(256 * MiB)
+    actual = t.qmp.wait_actual(256 * MiB, 60, settle=3)
+    t.eq(t.mem - actual, cap(25), "balloon with a 25% ceiling")
+    t.eq(t.bsys("refusals"), "1", "refusals")
+    t.g.check(f"echo 50 > {attr(t, dev, 'max_balloon_pct')}")
+    t.eq(t.mem - t.qmp.wait_actual(256 * MiB, 60, settle=2), cap(50), "balloon with 50%")
+    t.g.check(f"echo 10 > {attr(t, dev, 'max_balloon_pct')}")
+    held = t.mem - t.qmp.wait_actual(t.mem - cap(10), 60, settle=2)
+    t.eq(held, cap(10), "balloon after lowering the ceiling to 10%")
+    t.eq(int(t.bsys("actual_bytes")), held, "sysfs actual_bytes")
+    t.g.check(f"echo 100 > {attr(t, dev, 'max_balloon_pct')}")
+    t.balloon(256 * MiB)
+    t.balloon(t.mem)
+
+
+@case()
+def case_stats_only(t):
+    """inflate=0: the host still gets statistics, the balloon never
+    inflates; switching inflate on through sysfs inflates, off deflates."""
+    only_vballoon(t)
+    dev = t.load_driver("inflate=0")
+    v0 = t.g.vmstat()
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
+    st = wait_stats(t, 0)
+    t.qmp.balloon(512 * MiB)
+    time.sleep(3)
+    st = wait_stats(t, st["last-update"])
+    compare_stats(t, st, "stats-only, target 512 MiB")
+    t.eq(t.qmp.query_balloon(), t.mem, "host's actual in stats-only mode")
+    t.eq(t.g.vmstat()["balloon_inflate"], v0["balloon_inflate"], "balloon_inflate")
+    a = t.bsys()
+    t.eq(a["inflated_pages"], 0, "inflated_pages")
+    t.eq(a["refusals"], 1, "refusals")
+    t.check(a["stats_requests"] >= 2, f"stats_requests {a['stats_requests']}")
+    t.g.check(f"echo 1 > {attr(t, dev, 'inflate')}")
+    t.wait_actual(512 * MiB, 60)
+    t.g.check(f"echo 0 > {attr(t, dev, 'inflate')}")
+    t.eq(t.wait_actual(t.mem, 60), t.mem, "actual after inflate=0 with a full balloon")
+    t.eq(t.g.meminfo()["MemTotal"] > 900 * 1024, True, "MemTotal back")
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 0)
+
+
+BAD_PARAMS = ["reserve_mib=999999", "reserve_mib=-1", "reserve_mib=ten",
+              "max_balloon_pct=0", "max_balloon_pct=101", "inflate=maybe",
+              "batch=0", "batch=257", "oom_pages=0", "report_order=99"]
+
+
+@case()
+def case_bad_input(t):
+    """Out-of-range parameters fail the load with a message naming the
+    parameter; bad sysfs writes return EINVAL and change nothing."""
+    only_vballoon(t)
+    for p in BAD_PARAMS:
+        name = p.split("=")[0]
+        mark = t.vm.console.mark()
+        rc, out = t.g.run(f"insmod /lib/vballoon.ko {p}")
+        t.check(rc != 0, f"insmod with {p} succeeded")
+        t.check("vballoon" not in t.g.modules(), f"module loaded with {p}")
+        time.sleep(0.2)
+        con = t.vm.console.text(mark) + t.g.check("dmesg | tail -5")
+        t.check(name in con, f"no message naming {name} for {p}: {con[-300:]!r}")
+    t.eq(t.qmp.query_balloon(), t.mem, "host's actual after the failed loads")
+
+    dev = t.load_driver()
+    t.balloon(768 * MiB)
+    before = t.bsys()
+    for name, val in (("reserve_mib", "999999"), ("reserve_mib", "x"),
+                      ("reserve_mib", "-5"), ("max_balloon_pct", "0"),
+                      ("max_balloon_pct", "101"), ("max_balloon_pct", ""),
+                      ("inflate", "2"), ("inflate", "maybe")):
+        rc, out = t.g.run(f"echo '{val}' > {attr(t, dev, name)}")
+        t.check(rc != 0 and "Invalid argument" in out,
+                f"writing {val!r} to {name}: rc {rc} {out!r}")
+    after = t.bsys()
+    for name in ("reserve_mib", "max_balloon_pct", "inflate", "actual_pages", "floor_mib"):
+        t.eq(after[name], before[name], f"{name} after the bad writes")
+    t.eq(t.qmp.query_balloon(), 768 * MiB, "host's actual after the bad writes")
+    t.balloon(t.mem)
+
+
+@case()
+def case_defaults(t):
+    """The defaults: no reserve beyond the automatic floor (1/32 of memory,
+    at least 32 MiB), no ceiling, inflating on; the balloon follows targets
+    as the in-tree driver does."""
+    only_vballoon(t)
+    t.load_driver()
+    a = t.bsys()
+    t.eq(a["reserve_mib"], 0, "reserve_mib")
+    t.eq(a["max_balloon_pct"], 100, "max_balloon_pct")
+    t.eq(a["inflate"], 1, "inflate")
+    total_mib = t.g.meminfo()["MemTotal"] // 1024
+    t.eq(a["floor_mib"], max(32, total_mib // 32), "floor_mib")
+    for p in ("reserve_mib", "max_balloon_pct", "inflate"):
+        t.eq(t.g.read(f"/sys/module/vballoon/parameters/{p}").strip(),
+             {"reserve_mib": "0", "max_balloon_pct": "100", "inflate": "Y"}[p],
+             f"module parameter {p}")
+    t.balloon(256 * MiB)
+    t.eq(t.bsys("refusals"), "0", "refusals")
+    t.balloon(t.mem)

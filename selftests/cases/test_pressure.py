@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Statistics, deflate on OOM, and targets the guest cannot meet."""
+import re
+import time
+
+from vbtest import MiB, case
+from vbtest.stats import compare_stats, wait_stats
+
+DOO_ON = {"deflate-on-oom": "on"}
+
+
+@case()
+def case_stats(t):
+    """With a polling interval set, guest-stats refreshes and agrees with
+    the guest's /proc/meminfo and /proc/vmstat, before and after inflating."""
+    t.load_driver()
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 2)
+    st = wait_stats(t, 0)
+    st = wait_stats(t, st["last-update"])
+    compare_stats(t, st, "idle")
+    t.balloon(512 * MiB)
+    st = wait_stats(t, st["last-update"])
+    st = wait_stats(t, st["last-update"])
+    compare_stats(t, st, "balloon at 512 MiB")
+    t.balloon(t.mem)
+
+
+def hog_size(t):
+    """MiB a hog must take so that it cannot fit without the balloon's pages."""
+    return t.g.meminfo()["MemAvailable"] // 1024 + 200
+
+
+@case(device=DOO_ON, timeout=300)
+def case_oom_deflate(t):
+    """deflate-on-oom: a process needing more than is free gets it from the
+    balloon; no process is killed and MemTotal never moves."""
+    t.load_driver()
+    total0 = t.g.meminfo()["MemTotal"]
+    t.balloon(256 * MiB)
+    t.eq(t.g.meminfo()["MemTotal"], total0, "MemTotal (kB) with a deflate-on-oom balloon")
+    before_vs, before = t.g.vmstat(), t.qmp.query_balloon()
+    want = hog_size(t)
+    mark = t.vm.console.mark()
+    out = t.g.check(f"memhog {want}", timeout=240)
+    t.check(f"memhog: touched {want} MiB" in out, f"memhog did not get {want} MiB:\n{out}")
+    after_vs, after = t.g.vmstat(), t.qmp.query_balloon()
+    t.log(f"memhog got {want} MiB; actual {before // MiB} -> {after // MiB} MiB")
+    t.check(after >= before + 150 * MiB,
+            f"host's actual went {before // MiB} -> {after // MiB} MiB; the balloon "
+            "should have given back what the hog took")
+    t.check(after_vs["balloon_deflate"] > before_vs["balloon_deflate"],
+            "balloon_deflate did not move")
+    t.eq(after_vs["oom_kill"], before_vs["oom_kill"], "oom_kill count")
+    t.check("Killed process" not in t.vm.console.text(mark), "the OOM killer killed a process")
+    t.eq(t.g.meminfo()["MemTotal"], total0, "MemTotal (kB) after the OOM deflation")
+    if t.driver == "vballoon":
+        t.eq(int(t.bsys("oom_deflated_pages")) * 4096, after - before,
+             "sysfs oom_deflated_pages (bytes) vs the host's actual")
+
+
+@case(allow_oom=True, timeout=300)
+def case_oom_kill(t):
+    """Without deflate-on-oom the balloon keeps its pages: the OOM killer
+    takes the hog, the kernel survives and the guest keeps answering."""
+    t.load_driver()
+    t.balloon(256 * MiB)
+    before_vs, before = t.g.vmstat(), t.qmp.query_balloon()
+    want = hog_size(t)
+    mark = t.vm.console.mark()
+    rc, out = t.g.run(f"memhog -p {want}", timeout=240)
+    t.check(f"memhog: touched {want} MiB" not in out, f"memhog got {want} MiB:\n{out}")
+    after_vs = t.g.vmstat()
+    t.check(after_vs["oom_kill"] > before_vs["oom_kill"], "no OOM kill counted")
+    t.check(re.search(r"Killed process \d+ \(memhog\)", t.vm.console.text(mark)),
+            "console does not show memhog killed")
+    t.eq(t.qmp.query_balloon(), before, "host's actual (the balloon kept its pages)")
+    t.eq(after_vs["balloon_deflate"], before_vs["balloon_deflate"], "balloon_deflate")
+    t.eq(t.g.check("echo alive").strip(), "alive", "guest answers after the OOM kill")
+
+
+def stuck_balloon(t, target):
+    """Ask for target; the balloon must stop short, stay put, not spin, not
+    flood the console, and leave the guest usable. Returns where it stopped."""
+    mark = t.vm.console.mark()
+    t.qmp.balloon(target)
+    actual = t.qmp.wait_actual(target, 120, settle=5)
+    t.check(actual > target, f"balloon reached {actual // MiB} MiB; the guest cannot spare that")
+    t.log(f"target {target // MiB} MiB: balloon stopped at {actual // MiB} MiB")
+    v0 = t.g.vmstat()
+    cpu0 = [int(x) for x in t.g.read("/proc/stat").split("\n")[0].split()[1:]]
+    time.sleep(10)
+    v1 = t.g.vmstat()
+    cpu1 = [int(x) for x in t.g.read("/proc/stat").split("\n")[0].split()[1:]]
+    # a retry after the backoff may take a batch or two that reclaim freed
+    later = t.qmp.query_balloon()
+    t.check(abs(later - actual) <= 8 * MiB,
+            f"actual moved from {actual // MiB} to {later // MiB} MiB while stuck")
+    # a few retries with backoff, not a busy loop
+    t.check(v1["balloon_inflate"] - v0["balloon_inflate"] < 2048,
+            f"balloon_inflate rose by {v1['balloon_inflate'] - v0['balloon_inflate']} "
+            "pages while stuck")
+    busy = sum(cpu1) - sum(cpu0) - (cpu1[3] - cpu0[3])
+    t.check(busy < 0.5 * (sum(cpu1) - sum(cpu0)),
+            f"guest CPUs busy {busy} of {sum(cpu1) - sum(cpu0)} ticks while stuck")
+    # the driver's floor is 32 MiB of MemAvailable, checked before each
+    # batch; reclaim during the last batch can take a few MiB more
+    mi = t.g.meminfo()
+    t.check(mi["MemAvailable"] >= 24 * 1024,
+            f"guest left with {mi['MemAvailable'] // 1024} MiB available")
+    out = t.g.check("memhog 16", timeout=60)
+    t.check("memhog: touched 16 MiB" in out, f"a 16 MiB process failed:\n{out}")
+    console = t.vm.console.text(mark)
+    msgs = [line for line in console.splitlines() if "not reached" in line]
+    t.check(len(msgs) <= 3, f"{len(msgs)} messages in 15 s:\n" + "\n".join(msgs))
+    t.check("Killed process" not in console, "the OOM killer killed a process")
+    t.check("Out of memory" not in console, "the guest ran out of memory")
+    return actual
+
+
+@case(timeout=300)
+def case_over_inflate_tmpfs(t):
+    """1 GiB guest with 300 MiB in tmpfs, host asks for 400 MiB: the in-tree
+    driver panics the guest ("System is deadlocked on memory"); the balloon
+    must stop at what is safe and keep the guest alive."""
+    t.load_driver()
+    t.g.check("tmpfill fill /tmp/held 300 1024", timeout=120)
+    stuck_balloon(t, 400 * MiB)
+    t.balloon(t.mem)
+    t.g.check("tmpfill clear /tmp/held", timeout=60)
+
+
+@case(timeout=300)
+def case_over_inflate_idle(t):
+    """An idle 1 GiB guest asked for 32 MiB: same rules."""
+    t.load_driver()
+    stuck_balloon(t, 32 * MiB)
+    t.balloon(t.mem)

@@ -1,0 +1,42 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The host gets ballooned memory back."""
+from vbtest import MiB, case
+
+
+@case()
+def case_rss(t):
+    """Dirty the guest's free memory, free it, inflate by 768 MiB: QEMU's RSS
+    drops by >= 90% of that.
+
+    memhog touches MemAvailable less 32 MiB (~800 MiB, at least 700): a page
+    the guest never touched is not resident on the host, and which free pages
+    the balloon takes is the driver's business.
+    """
+    t.load_driver()
+    # warm up: QEMU translates the guest's inflate path now, so its own
+    # growth (TCG code cache) does not eat into the RSS drop measured below
+    t.balloon(t.mem - 16 * MiB)
+    t.balloon(t.mem)
+    hog = t.g.meminfo()["MemAvailable"] // 1024 - 32
+    t.check(hog >= 700, f"only {hog + 32} MiB available in a {t.mem // MiB} MiB guest")
+    out = t.g.check(f"memhog {hog}", timeout=180)
+    t.check(f"memhog: touched {hog} MiB" in out, f"memhog did not get {hog} MiB:\n{out}")
+    free_before = t.g.free_kb()
+    rss0 = t.rss()
+    t.log(f"QEMU before inflating: {rss0}")
+
+    target = 256 * MiB
+    t.balloon(target)
+    rss1 = t.rss()
+    t.log(f"QEMU after inflating: {rss1}")
+    balloon_kb = (t.mem - target) // 1024
+    drop = rss0["VmRSS"] - rss1["VmRSS"]
+    t.check(drop >= 0.9 * balloon_kb,
+            f"QEMU RSS dropped by {drop // 1024} MiB, want >= 90% of "
+            f"{balloon_kb // 1024} MiB ({rss0['VmRSS'] // 1024} -> {rss1['VmRSS'] // 1024} MiB)")
+    t.log(f"RSS drop {drop // 1024} MiB for a {balloon_kb // 1024} MiB balloon")
+    # guest side: the pages came out of its free memory
+    t.near(t.g.free_kb(), free_before - balloon_kb, 8192, "guest free memory (kB) after inflating")
+
+    t.balloon(t.mem)
+    t.near(t.g.free_kb(), free_before, 8192, "guest free memory (kB) after deflating")

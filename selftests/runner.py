@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""vballoon selftests runner: boots QEMU guests and runs selftests/cases.
+
+Output is TAP; the last line is "N passed, N failed[, N skipped]".
+See selftests/README.md.
+"""
+import argparse
+import os
+import queue
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vbtest import initramfs  # noqa: E402
+from vbtest.case import CaseFailure, Context, Skip, discover  # noqa: E402
+from vbtest.guest import CaseTimeout, GuestDead, GuestError  # noqa: E402
+from vbtest.qmp import QMPError  # noqa: E402
+from vbtest.vm import boot, console_problems, probe_kvm  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build" / "selftests"
+CLEANUP_BUDGET = 180
+TAIL = 40
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="kernel to test (repeatable); default: every /boot/vmlinuz-KVER "
+                        "with a module to test")
+    p.add_argument("--driver", choices=["vballoon", "virtio_balloon"], default="vballoon",
+                   help="module under test; virtio_balloon = the kernel's in-tree one")
+    p.add_argument("--module", metavar="PATH",
+                   help="module file to test (default build/KVER/vballoon.ko)")
+    p.add_argument("-k", dest="filter", action="append", metavar="SUBSTR",
+                   help="only cases whose 'kver/name' contains SUBSTR (repeatable: any)")
+    p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--cases", metavar="DIR", default=None,
+                   help="directory of test_*.py case files (default selftests/cases)")
+    p.add_argument("--keep", action="store_true", help="keep the run's work directory")
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
+                   help="guests running at once (default: number of CPUs)")
+    p.add_argument("--accel", choices=["kvm", "tcg"],
+                   help="skip the KVM probe and use this accelerator")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every case's log lines and timings")
+    return p.parse_args()
+
+
+def find_kernels(args):
+    """[(kver, module path)] to test."""
+    explicit = bool(args.kernel)
+    kvers = args.kernel or sorted(p.name[len("vmlinuz-"):]
+                                  for p in Path("/boot").glob("vmlinuz-*"))
+    vermagic = None
+    if args.module:
+        info = initramfs.modinfo(initramfs.read_module(args.module))
+        vermagic = info.get("vermagic", "").split(" ")[0]
+    out = []
+    for kver in kvers:
+        if not Path(f"/boot/vmlinuz-{kver}").exists():
+            sys.exit(f"runner: no /boot/vmlinuz-{kver}")
+        if args.module:
+            if vermagic != kver:
+                if explicit:
+                    sys.exit(f"runner: {args.module} is built for {vermagic}, not {kver}")
+                continue
+            ko = Path(args.module)
+        elif args.driver == "virtio_balloon":
+            ko = initramfs.KernelModules(kver).path("virtio_balloon")
+        else:
+            ko = REPO / "build" / kver / "vballoon.ko"
+        if ko is None or not ko.exists():
+            if explicit:
+                sys.exit(f"runner: no {args.driver} module for {kver} ({ko}); build it first")
+            continue
+        out.append((kver, ko))
+    if not out:
+        sys.exit(f"runner: no kernel to test with {args.module or args.driver} "
+                 "(build the module first: make)")
+    return out
+
+
+class Reporter:
+    """TAP output, safe to call from the worker threads."""
+
+    def __init__(self, total, verbose):
+        self.lock = threading.Lock()
+        self.n = 0
+        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
+        self.verbose = verbose
+        self.times = []
+        self.boots = []
+        print("TAP version 13", flush=True)
+        print(f"1..{total}", flush=True)
+
+    def result(self, name, status, why=(), notes=(), tail=(), secs=None, extra=()):
+        with self.lock:
+            self.n += 1
+            if status == "ok":
+                self.counts["passed"] += 1
+                print(f"ok {self.n} - {name}")
+            elif status == "skip":
+                self.counts["skipped"] += 1
+                print(f"ok {self.n} - {name} # SKIP {why[0] if why else ''}")
+            else:
+                self.counts["failed"] += 1
+                print(f"not ok {self.n} - {name}")
+            lines = []
+            if status == "fail":
+                lines += list(why) + list(extra)
+            if status == "fail" or self.verbose:
+                lines += list(notes)
+            if status == "fail" and tail:
+                lines += [f"last {len(tail)} lines of the guest console:"]
+                lines += ["  " + l for l in tail]
+            if secs is not None:
+                self.times.append((name, secs))
+                if self.verbose:
+                    lines.append(f"time {secs:.1f} s")
+            for l in lines:
+                for sub in str(l).splitlines() or [""]:
+                    print(f"# {sub}")
+            sys.stdout.flush()
+
+    def diag(self, msg):
+        with self.lock:
+            print(f"# {msg}", flush=True)
+
+    def boot(self, kver, secs):
+        with self.lock:
+            self.boots.append((kver, secs))
+
+    def summary(self, wall, total):
+        if self.n < total:
+            print(f"# {total - self.n} cases did not report (runner error)")
+            self.counts["failed"] += total - self.n
+        for kver in sorted({k for k, _ in self.boots}):
+            t = sorted(s for k, s in self.boots if k == kver)
+            print(f"# boots {kver}: {len(t)}, median {t[len(t) // 2]:.1f} s")
+        if self.times:
+            slow = sorted(self.times, key=lambda x: -x[1])[:3]
+            print("# slowest: " + ", ".join(f"{n} {s:.1f} s" for n, s in slow))
+        print(f"# wall time {wall:.0f} s")
+        c = self.counts
+        line = f"{c['passed']} passed, {c['failed']} failed"
+        if c["skipped"]:
+            line += f", {c['skipped']} skipped"
+        print(line, flush=True)
+
+
+class Runner:
+    def __init__(self, args, rundir, reporter, accel):
+        self.args, self.rundir, self.rep, self.accel = args, rundir, reporter, accel
+        self.active = set()
+        self.lock = threading.Lock()
+        self.failed = False
+
+    def run_group(self, gid, kver, initrd, driver, specs):
+        vm, boot_fail, boots = None, None, 0
+        for spec in specs:
+            name = f"{kver}/{spec.name}"
+            if vm is None and boot_fail is None:
+                boots += 1
+                vm, boot_fail = boot(kver, initrd, spec.config,
+                                     self.rundir / f"{kver}-g{gid:02d}-b{boots}",
+                                     self.accel, log=self.boot_log)
+                if vm:
+                    self.rep.boot(kver, vm.boot_time)
+                    with self.lock:
+                        self.active.add(vm)
+            if boot_fail is not None:
+                self.failed = True
+                self.rep.result(name, "fail",
+                                [f"boot failed twice ({boot_fail.config.describe()}): "
+                                 "no agent within the timeout",
+                                 f"logs: {boot_fail.workdir}",
+                                 f"qemu.log: {boot_fail.qemu_log().strip()[-500:]}"],
+                                tail=boot_fail.console.tail(TAIL))
+                continue
+            keep = self.run_case(vm, kver, driver, spec, name)
+            if not keep:
+                self.stop(vm)
+                vm = None
+        if vm:
+            self.stop(vm)
+
+    def boot_log(self, msg):
+        self.failed = True      # keep the logs of a flaky boot
+        self.rep.diag(msg)
+
+    def stop(self, vm):
+        vm.stop()
+        with self.lock:
+            self.active.discard(vm)
+
+    def run_case(self, vm, kver, driver, spec, name):
+        """Run one case; returns False if its guest must not be reused."""
+        t = Context(spec, vm, kver, driver, self.args.verbose)
+        g = vm.guest
+        mark = vm.console.mark()
+        t0 = time.monotonic()
+        g.deadline = t0 + spec.timeout
+        status, why = "ok", []
+        try:
+            spec.func(t)
+            t.check_counters()
+        except Skip as e:
+            status, why = "skip", [str(e)]
+        except (CaseFailure, GuestError, QMPError, CaseTimeout, GuestDead, TimeoutError) as e:
+            status, why = "fail", [f"{type(e).__name__}: {e}"]
+        except Exception:
+            status, why = "fail", traceback.format_exc().rstrip().splitlines()
+        secs = time.monotonic() - t0
+        if status == "ok" and secs > spec.timeout:
+            status, why = "fail", [f"case took {secs:.0f} s, budget {spec.timeout} s"]
+
+        if vm.alive() and not g.dead:
+            g.deadline = time.monotonic() + CLEANUP_BUDGET
+            try:
+                t.reset()
+            except Exception as e:
+                status = "fail"
+                why.append(f"cleanup: {type(e).__name__}: {e}")
+        g.deadline = None
+        if not vm.alive():
+            status = "fail"
+            why.append(f"QEMU exited (status {vm.proc.returncode}); "
+                       f"qemu.log: {vm.qemu_log().strip()[-500:]}")
+        problems = console_problems(vm.console.text(mark), spec.allow_oom)
+        if problems:
+            status = "fail"
+            why.append("guest console shows:")
+            why += ["  " + p for p in problems[:10]]
+        extra = []
+        if status == "fail":
+            self.failed = True
+            extra.append(f"guest [{spec.config.describe()}], logs: {vm.workdir}")
+        self.rep.result(name, status, why, t.notes,
+                        vm.console.tail(TAIL) if status == "fail" else (), secs, extra)
+        return status != "fail" and vm.alive() and not g.dead
+
+    def stop_all(self):
+        with self.lock:
+            vms = list(self.active)
+        for vm in vms:
+            vm.stop()
+
+
+def main():
+    args = parse_args()
+    specs = discover(args.cases) if args.cases else discover()
+    kernels = find_kernels(args)
+    items = [(kver, s) for kver, _ in kernels for s in specs
+             if not args.filter or any(f in f"{kver}/{s.name}" for f in args.filter)]
+    if args.list:
+        for kver, s in items:
+            print(f"{kver}/{s.name}  [{s.config.describe()}]")
+        return 0
+
+    t_start = time.monotonic()
+    progs = initramfs.build_guest_programs(BUILD / "bin")
+    images = {}
+    for kver, ko in kernels:
+        images[kver] = initramfs.build_initramfs(kver, ko, BUILD / "initramfs", progs)
+
+    rundir = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
+    rundir.mkdir(parents=True, exist_ok=True)
+    accel = args.accel
+    if accel is None:
+        kver0 = kernels[0][0]
+        accel = probe_kvm(kver0, images[kver0][0], rundir / "kvm-probe")
+    rep = Reporter(len(items), args.verbose)
+    print(f"# accel {accel}, driver {', '.join(sorted({d for _, d in images.values()}))}, "
+          f"run dir {rundir}", flush=True)
+
+    # Group cases that can share a guest, keeping the files' order inside a group.
+    groups = OrderedDict()
+    for kver, s in items:
+        groups.setdefault(s.group_key(kver), []).append(s)
+    # Biggest groups first, kernels interleaved, so both CPUs stay busy.
+    order = sorted(enumerate(groups.items()),
+                   key=lambda x: (-len(x[1][1]), x[0]))
+    work = queue.Queue()
+    for gid, ((kver, _, _), gspecs) in order:
+        work.put((gid, kver, gspecs))
+
+    runner = Runner(args, rundir, rep, accel)
+
+    def worker():
+        while True:
+            try:
+                gid, kver, gspecs = work.get_nowait()
+            except queue.Empty:
+                return
+            initrd, driver = images[kver]
+            try:
+                runner.run_group(gid, kver, initrd, driver, gspecs)
+            except Exception:
+                runner.failed = True
+                traceback.print_exc()
+
+    threads = [threading.Thread(target=worker, daemon=True)
+               for _ in range(max(1, min(args.jobs, len(groups))))]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            while th.is_alive():
+                th.join(0.5)
+    except KeyboardInterrupt:
+        print("# interrupted", flush=True)
+        runner.stop_all()
+        return 130
+
+    rep.summary(time.monotonic() - t_start, len(items))
+    if not args.keep and not runner.failed:
+        shutil.rmtree(rundir, ignore_errors=True)
+    return 1 if rep.counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Case declaration, discovery and the context a case runs with."""
+import importlib.util
+import inspect
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .qmp import BALLOON_QOM
+from .vm import VMConfig
+
+MiB = 1 << 20
+GiB = 1 << 30
+CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
+
+
+class CaseFailure(Exception):
+    """A check in a case failed."""
+
+
+class Skip(Exception):
+    """The case does not apply (missing feature, kernel, ...)."""
+
+
+@dataclass
+class Spec:
+    """One runnable case (a case function, or one variant of it)."""
+    name: str
+    func: object
+    config: VMConfig
+    timeout: int = 300
+    allow_oom: bool = False
+    fresh: bool = False
+    params: dict = field(default_factory=dict)
+    variant: str = ""
+    topic: str = ""
+
+    def group_key(self, kver):
+        """Specs with the same key may share one booted guest."""
+        return (kver, self.config, self.name if self.fresh else "")
+
+
+def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
+         timeout=300, allow_oom=False, fresh=False, variants=None):
+    """Declare a case_* function's guest configuration.
+
+    mem       guest RAM in MiB
+    device    virtio-balloon-pci properties, e.g. {"deflate-on-oom": "on"}
+    cmdline   appended to the guest kernel command line
+    qemu_args extra QEMU arguments
+    timeout   seconds for the whole case (boot not included)
+    allow_oom tolerate the Call Trace of OOM-killer reports on the console
+    fresh     run in a guest of its own (no sharing with other cases)
+    variants  {suffix: overrides}: run once per entry as "name[suffix]";
+              overrides may hold mem, smp, device, cmdline, qemu_args (merged
+              into the above) and params (a dict handed to the case as t.params)
+    """
+    def wrap(func):
+        base = name or func.__name__[len("case_"):]
+        cfg = VMConfig.make(mem, smp, device, cmdline, qemu_args)
+        specs = []
+        for suffix, over in (variants or {"": {}}).items():
+            over = dict(over)
+            params = over.pop("params", {})
+            specs.append(Spec(f"{base}[{suffix}]" if suffix else base, func,
+                              cfg.merged(**over), timeout, allow_oom, fresh,
+                              params, suffix))
+        func.vbtest_specs = specs
+        return func
+    return wrap
+
+
+def discover(cases_dir=CASES_DIR):
+    """All specs from cases/test_*.py: every function named case_*."""
+    specs = []
+    for path in sorted(Path(cases_dir).glob("test_*.py")):
+        modname = f"vbtest_cases.{path.stem}"
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        funcs = [f for n, f in inspect.getmembers(mod, inspect.isfunction)
+                 if n.startswith("case_") and f.__module__ == modname]
+        for func in sorted(funcs, key=lambda f: f.__code__.co_firstlineno):
+            if not hasattr(func, "vbtest_specs"):
+                case()(func)
+            for s in func.vbtest_specs:
+                s.topic = path.stem[len("test_"):]
+                specs.append(s)
+    names = [s.name for s in specs]
+    dups = {n for n in names if names.count(n) > 1}
+    if dups:
+        raise SystemExit(f"duplicate case names: {', '.join(sorted(dups))}")
+    return specs
+
+
+class Context:
+    """What a case function gets (conventionally named t).
+
+    Attributes: kver, driver (module name), spec, config, params, vm, g
+    (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path).
+    """
+
+    def __init__(self, spec, vm, kver, driver, verbose=False):
+        self.spec, self.vm, self.kver, self.driver = spec, vm, kver, driver
+        self.config = spec.config
+        self.params = spec.params
+        self.g = vm.guest
+        self.qmp = vm.qmp
+        self.mem = spec.config.mem * MiB
+        self.balloon_qom = BALLOON_QOM
+        self.notes = []
+        self.verbose = verbose
+        self._vmstat0 = None
+        self.t0 = time.monotonic()
+
+    # -- reporting --------------------------------------------------------
+    def log(self, msg):
+        """A diagnostic line: printed with -v, and always when the case fails."""
+        line = f"[{time.monotonic() - self.t0:6.1f}s] {msg}"
+        self.notes.append(line)
+
+    def fail(self, msg):
+        raise CaseFailure(msg)
+
+    def skip(self, reason):
+        raise Skip(reason)
+
+    def check(self, cond, msg):
+        if not cond:
+            raise CaseFailure(msg)
+
+    def eq(self, got, want, what):
+        if got != want:
+            raise CaseFailure(f"{what}: got {got!r}, want {want!r}")
+        self.log(f"{what}: {got!r} as expected")
+
+    def near(self, got, want, tol, what):
+        if abs(got - want) > tol:
+            raise CaseFailure(f"{what}: got {got}, want {want} +- {tol} (off by {got - want})")
+        self.log(f"{what}: {got} (want {want} +- {tol})")
+
+    # -- driver -----------------------------------------------------------
+    def driver_loaded(self):
+        return self.g.exists(f"/sys/module/{self.driver}")
+
+    def load_driver(self, params="", bind=True, timeout=60):
+        """insmod /lib/<driver>.ko params; with bind, wait until it drives the device.
+
+        Returns the sysfs path of the balloon device (or None if bind=False).
+        """
+        self._vmstat0 = self.g.vmstat() if self.driver == "vballoon" else None
+        self.g.check(f"insmod /lib/{self.driver}.ko {params}", timeout)
+        if not bind:
+            return None
+        dev = self.g.sysfs_balloon_dev()
+        self.check(dev is not None, "no virtio balloon device in guest sysfs")
+        deadline = time.monotonic() + timeout
+        while not self.g.exists(f"{dev}/driver"):
+            if time.monotonic() > deadline:
+                self.fail(f"{self.driver} loaded but {dev} has no driver after {timeout} s")
+            time.sleep(0.2)
+        self.log(f"{self.driver} loaded ({params or 'no params'}), drives {dev}")
+        return dev
+
+    def bsys(self, name=None):
+        """vballoon's sysfs attributes (balloon/): one as str, or all as a dict
+        (numbers as int)."""
+        d = f"{self.g.sysfs_balloon_dev()}/balloon"
+        if name:
+            return self.g.read(f"{d}/{name}").strip()
+        out = self.g.check(f"cd {d} && for f in *; do echo \"$f=$(cat $f)\"; done")
+        attrs = {}
+        for line in out.splitlines():
+            k, _, v = line.partition("=")
+            attrs[k] = int(v) if v.lstrip("-").isdigit() else v
+        return attrs
+
+    def check_counters(self, timeout=20):
+        """vballoon's sysfs agrees with the host and /proc/vmstat: actual with
+        query-balloon, pages inflated/deflated/migrated with the vmstat balloon
+        counters since the driver was loaded, and inflated - deflated with
+        what it holds. Waits (up to timeout) for the balloon to be still."""
+        if self.driver != "vballoon" or self._vmstat0 is None or not self.driver_loaded():
+            return
+        deadline = time.monotonic() + timeout
+        prev = None
+        while True:
+            a = self.bsys()
+            host = self.qmp.query_balloon()
+            still = prev is not None and prev["actual_bytes"] == a["actual_bytes"]
+            if still and self.mem - a["actual_bytes"] == host:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"sysfs actual_bytes {a['actual_bytes']} never settled to "
+                          f"the host's balloon {self.mem - host}")
+            prev = a
+            time.sleep(0.5)
+        vm = self.g.vmstat()
+        v0 = self._vmstat0
+        self.eq(a["inflated_pages"] - a["deflated_pages"], a["actual_pages"],
+                "sysfs inflated_pages - deflated_pages vs actual_pages")
+        for key, attr in (("balloon_inflate", "inflated_pages"),
+                          ("balloon_deflate", "deflated_pages"),
+                          ("balloon_migrate", "migrated_pages")):
+            self.eq(a[attr], vm[key] - v0[key], f"sysfs {attr} vs /proc/vmstat {key}")
+        self.check(a["oom_deflated_pages"] + a["reserve_deflated_pages"]
+                   <= a["deflated_pages"], f"deflate counters disagree: {a}")
+
+    def unload_driver(self, timeout=120):
+        self.g.check(f"rmmod {self.driver}", timeout)
+
+    # -- balloon ----------------------------------------------------------
+    def balloon(self, target, wait=True, timeout=120, settle=None):
+        """Set the balloon target (guest RAM in bytes); optionally wait for it."""
+        t = time.monotonic()
+        self.qmp.balloon(target)
+        if not wait:
+            return None
+        try:
+            actual = self.qmp.wait_actual(target, self._left(timeout), settle)
+        except TimeoutError as e:
+            raise CaseFailure(str(e)) from None
+        self.log(f"balloon -> {target // MiB} MiB: actual {actual // MiB} MiB "
+                 f"after {time.monotonic() - t:.1f} s")
+        return actual
+
+    def wait_actual(self, target, timeout=120, settle=None):
+        try:
+            return self.qmp.wait_actual(target, self._left(timeout), settle)
+        except TimeoutError as e:
+            raise CaseFailure(str(e)) from None
+
+    def rss(self):
+        """Host RSS of QEMU: {'VmRSS', 'RssAnon', 'AnonHugePages'} in kB."""
+        return self.vm.rss()
+
+    def _left(self, timeout):
+        if self.g.deadline is None:
+            return timeout
+        return max(1, min(timeout, self.g.deadline - time.monotonic()))
+
+    # -- cleanup (run by the runner after every case) ---------------------
+    def reset(self):
+        """Bring the shared guest back to its boot state; raises if it cannot."""
+        self.g.kill_jobs()
+        self.qmp.balloon(self.mem)
+        if self.driver_loaded():
+            try:
+                self.qmp.wait_actual(self.mem, 120)
+            except TimeoutError as e:
+                raise CaseFailure(f"cleanup: balloon did not deflate: {e}") from None
+            self.g.check(f"rmmod {self.driver}", 120)
+        self.g.check("rm -rf /tmp/* /tmp/.job*")
+        leftover = [m for m in self.g.modules() if m == self.driver]
+        if leftover:
+            raise CaseFailure("cleanup: driver still loaded")
+
+
+def sh(*args):
+    """Quote arguments for a guest shell command line."""
+    return " ".join(shlex.quote(str(a)) for a in args)
