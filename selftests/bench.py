@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""make bench: the in-tree virtio_balloon and vballoon side by side.
+
+For each kernel and guest size, one guest runs the in-tree driver and one
+runs vballoon; repetitions alternate between them so drift hits both. Per
+repetition and driver:
+
+  inflate    full -> 25% of RAM, MiB/s from the QMP `balloon` command until
+             query-balloon reports the target (polled every 10 ms)
+  deflate    back to full, likewise
+  floor      a host process discarding the same number of 4 KiB pages with
+             one madvise(MADV_DONTNEED) each (selftests/host/madvise_floor.c)
+  rss        QEMU's VmRSS released per ballooned MiB, the guest having
+             touched its memory first
+  thp        QEMU's AnonHugePages before and after inflating half the guest
+  cpu        guest CPU time (all CPUs, /proc/stat non-idle) during inflate
+             and deflate
+  scaling    (4 GiB guests) inflate time for 256 MiB, 1 GiB and 3 GiB
+
+Medians with min and max go to JSON, a Markdown table and a PNG chart.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vbtest import initramfs  # noqa: E402
+from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+DRIVERS = ("virtio_balloon", "vballoon")
+
+
+def log(msg):
+    print(f"# {msg}", flush=True)
+
+
+def build_floor(out):
+    exe = out / "madvise_floor"
+    src = REPO / "selftests" / "host" / "madvise_floor.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def host_floor(exe, pages):
+    out = subprocess.run([str(exe), str(pages)], check=True, text=True,
+                         stdout=subprocess.PIPE).stdout
+    return float(out.strip())
+
+
+def guest_busy(g):
+    """Guest CPU seconds spent not idle, all CPUs (USER_HZ = 100)."""
+    f = [int(x) for x in g.read("/proc/stat").splitlines()[0].split()[1:]]
+    return (sum(f) - f[3] - f[4]) / 100.0
+
+
+def timed_balloon(vm, target, timeout=600):
+    """Seconds from the balloon command until query-balloon says target."""
+    t0 = time.monotonic()
+    vm.qmp.balloon(target)
+    while vm.qmp.query_balloon() != target:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"target {target // MiB} MiB not reached")
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def touch(vm, keep_mib=64):
+    hog = vm.guest.meminfo()["MemAvailable"] // 1024 - keep_mib
+    vm.guest.check(f"memhog {hog}", timeout=600)
+
+
+def one_rep(vm, mem, floor_exe, scaling):
+    """Measure one repetition on a booted guest with its driver loaded."""
+    g, r = vm.guest, {}
+    touch(vm)
+    size = mem * 3 // 4
+    rss0 = vm.rss()
+    c0 = guest_busy(g)
+    r["inflate_s"] = timed_balloon(vm, mem - size)
+    c1 = guest_busy(g)
+    rss1 = vm.rss()
+    r["deflate_s"] = timed_balloon(vm, mem)
+    c2 = guest_busy(g)
+    r["inflate_mibs"] = size / MiB / r["inflate_s"]
+    r["deflate_mibs"] = size / MiB / r["deflate_s"]
+    r["inflate_cpu_s"], r["deflate_cpu_s"] = c1 - c0, c2 - c1
+    r["rss_per_mib"] = (rss0["VmRSS"] - rss1["VmRSS"]) / 1024 / (size / MiB)
+    r["floor_s"] = host_floor(floor_exe, size // 4096)
+    r["x_floor"] = r["inflate_s"] / r["floor_s"]
+
+    # host huge pages kept when half the guest is ballooned
+    touch(vm)
+    r["thp_before_kb"] = vm.rss()["AnonHugePages"]
+    timed_balloon(vm, mem // 2)
+    r["thp_after_kb"] = vm.rss()["AnonHugePages"]
+    timed_balloon(vm, mem)
+
+    if scaling:
+        for mib in (256, 1024, 3072):
+            r[f"inflate_{mib}_s"] = timed_balloon(vm, mem - mib * MiB)
+            timed_balloon(vm, mem)
+    return r
+
+
+def summarize(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def run(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    floor_exe = build_floor(out)
+    progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
+    modules = dict(m.split("=", 1) for m in args.module or [])
+    kernels = args.kernel or sorted(p.parent.name for p in (REPO / "build").glob("*/vballoon.ko")
+                                    if Path(f"/boot/vmlinuz-{p.parent.name}").exists())
+    sizes = [1024] if args.quick else [1024, 4096]
+    reps = 1 if args.quick else args.reps
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(),
+               "reps": reps, "runs": []}
+    accel = None
+    for kver in kernels:
+        kos = {"virtio_balloon": initramfs.KernelModules(kver).path("virtio_balloon"),
+               "vballoon": Path(modules.get(kver, REPO / "build" / kver / "vballoon.ko"))}
+        images = {d: initramfs.build_initramfs(kver, ko, REPO / "build" / "selftests" /
+                                               "initramfs", progs)
+                  for d, ko in kos.items()}
+        if accel is None:
+            accel = args.accel or probe_kvm(kver, images["vballoon"][0], out / "kvm-probe")
+            results["accel"] = accel
+        for mem in sizes:
+            vms = {}
+            try:
+                for d in DRIVERS:
+                    initrd, name = images[d]
+                    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem), out / f"{kver}-{mem}-{d}",
+                                      accel)
+                    if vm is None:
+                        sys.exit(f"bench: {kver} guest did not boot:\n" +
+                                 "\n".join(failed.console.tail(20)))
+                    vm.guest.check(f"insmod /lib/{name}.ko")
+                    vm.qmp.balloon(mem * MiB - 16 * MiB)        # warm up both paths
+                    vm.qmp.wait_actual(mem * MiB - 16 * MiB, 120)
+                    vm.qmp.balloon(mem * MiB)
+                    vm.qmp.wait_actual(mem * MiB, 120)
+                    vms[d] = vm
+                per = {d: [] for d in DRIVERS}
+                for i in range(reps):
+                    order = DRIVERS if i % 2 == 0 else DRIVERS[::-1]
+                    for d in order:
+                        r = one_rep(vms[d], mem * MiB, floor_exe, scaling=mem >= 4096)
+                        per[d].append(r)
+                        log(f"{kver} {mem} MiB {d} rep {i + 1}/{reps}: inflate "
+                            f"{r['inflate_mibs']:.0f} MiB/s, deflate {r['deflate_mibs']:.0f} MiB/s, "
+                            f"{r['x_floor']:.1f}x floor, rss {r['rss_per_mib']:.2f}, thp "
+                            f"{r['thp_before_kb'] // 1024}->{r['thp_after_kb'] // 1024} MiB")
+                for d in DRIVERS:
+                    bad = console_problems(vms[d].console.text())
+                    if bad:
+                        sys.exit(f"bench: {d} on {kver}: console shows {bad[:3]}")
+            finally:
+                for vm in vms.values():
+                    vm.stop()
+            for d in DRIVERS:
+                keys = per[d][0].keys()
+                results["runs"].append({"kernel": kver, "mem_mib": mem, "driver": d,
+                                        "raw": per[d],
+                                        **{k: summarize([r[k] for r in per[d]]) for k in keys}})
+    return results
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], text=True,
+                          stdout=subprocess.PIPE).stdout.splitlines()[0]
+    return {"cpu": cpu, "cores": os.cpu_count(), "host_kernel": platform.release(),
+            "qemu": qemu}
+
+
+ROWS = [("inflate MiB/s", "inflate_mibs", "{:.0f}"), ("deflate MiB/s", "deflate_mibs", "{:.0f}"),
+        ("inflate / host floor", "x_floor", "{:.1f}x"), ("host floor s", "floor_s", "{:.2f}"),
+        ("RSS released per MiB", "rss_per_mib", "{:.2f}"),
+        ("host THP before, MiB", "thp_before_kb", "{:.0f}", 1024),
+        ("host THP after half, MiB", "thp_after_kb", "{:.0f}", 1024),
+        ("guest CPU inflate s", "inflate_cpu_s", "{:.2f}"),
+        ("guest CPU deflate s", "deflate_cpu_s", "{:.2f}"),
+        ("inflate 256 MiB s", "inflate_256_s", "{:.2f}"),
+        ("inflate 1 GiB s", "inflate_1024_s", "{:.2f}"),
+        ("inflate 3 GiB s", "inflate_3072_s", "{:.2f}")]
+
+
+def markdown(res):
+    m = res["machine"]
+    lines = [f"# vballoon benchmark, {res['date']}", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, host kernel {m['host_kernel']}, "
+             f"{m['qemu']}, accel {res.get('accel')}; {res['reps']} repetitions, "
+             "median (min-max).", "",
+             "| kernel | guest | figure | in-tree virtio_balloon | vballoon | ratio |",
+             "|---|---|---|---|---|---|"]
+    runs = {(r["kernel"], r["mem_mib"], r["driver"]): r for r in res["runs"]}
+    for (kver, mem) in sorted({(r["kernel"], r["mem_mib"]) for r in res["runs"]}):
+        a, b = runs[(kver, mem, "virtio_balloon")], runs[(kver, mem, "vballoon")]
+        for row in ROWS:
+            label, key, fmt = row[:3]
+            div = row[3] if len(row) > 3 else 1
+            if key not in a:
+                continue
+
+            def cell(r):
+                s = r[key]
+                return (f"{fmt.format(s['median'] / div)} ({fmt.format(s['min'] / div)}-"
+                        f"{fmt.format(s['max'] / div)})")
+            ratio = ""
+            if a[key]["median"]:
+                q = b[key]["median"] / a[key]["median"]
+                if key.endswith("_s") or key == "x_floor":
+                    ratio = f"{1 / q:.2f}x faster" if q else ""
+                else:
+                    ratio = f"{q:.2f}x"
+            lines.append(f"| {kver} | {mem} MiB | {label} | {cell(a)} | {cell(b)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(res, out):
+    if not shutil.which("gnuplot"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "gnuplot-nox"],
+                       stdout=subprocess.DEVNULL, check=False)
+    if not shutil.which("gnuplot"):
+        log("no gnuplot: chart skipped")
+        return None
+    data = out / "chart.dat"
+    rows = [r for r in res["runs"] if r["driver"] == "vballoon"]
+    with open(data, "w") as f:
+        for r in rows:
+            a = next(x for x in res["runs"] if x["kernel"] == r["kernel"] and
+                     x["mem_mib"] == r["mem_mib"] and x["driver"] == "virtio_balloon")
+            label = f"{r['kernel'].split('-')[0]}/{r['mem_mib'] // 1024}G"
+            f.write(f"\"{label}\" {a['inflate_mibs']['median']:.1f} {r['inflate_mibs']['median']:.1f}"
+                    f" {a['deflate_mibs']['median']:.1f} {r['deflate_mibs']['median']:.1f}\n")
+    png = out / "results.png"
+    script = f"""set terminal png size 900,500
+set output '{png}'
+set title 'Balloon throughput, MiB/s (median of {res["reps"]})'
+set style data histograms
+set style histogram cluster gap 1
+set style fill solid border -1
+set key top left
+set ylabel 'MiB/s'
+plot '{data}' using 2:xtic(1) title 'inflate in-tree', '' using 3 title 'inflate vballoon', \\
+     '' using 4 title 'deflate in-tree', '' using 5 title 'deflate vballoon'
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    return png
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", action="append", help="kernel (repeatable; default: all built)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions (default 5)")
+    p.add_argument("--module", action="append", metavar="KVER=PATH",
+                   help="vballoon.ko to use for KVER (default build/KVER/vballoon.ko)")
+    p.add_argument("--quick", action="store_true", help="1 repetition, 1 GiB guests only")
+    p.add_argument("--accel", choices=["kvm", "tcg"])
+    p.add_argument("--out", default=str(REPO / "build" / "bench"))
+    p.add_argument("--doc", action="store_true",
+                   help="also write Documentation/benchmarks.md")
+    args = p.parse_args()
+    t0 = time.monotonic()
+    res = run(args)
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    md = markdown(res)
+    (out / "results.md").write_text(md)
+    png = chart(res, out)
+    print(md)
+    log(f"results in {out}/results.json, results.md" + (", results.png" if png else "") +
+        f"; {time.monotonic() - t0:.0f} s")
+    if args.doc:
+        doc = REPO / "Documentation" / "benchmarks.md"
+        doc.write_text(md + "\nProduced by `make bench` (selftests/bench.py); "
+                       "see Documentation/vballoon.rst for what each figure means.\n")
+        if png:
+            shutil.copy(png, REPO / "Documentation" / "benchmarks.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
