@@ -19,7 +19,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vbtest import initramfs  # noqa: E402
+from vbtest import initramfs, tap  # noqa: E402
 from vbtest.case import CaseFailure, Context, Skip, discover  # noqa: E402
 from vbtest.guest import CaseTimeout, GuestDead, GuestError  # noqa: E402
 from vbtest.qmp import QMPError  # noqa: E402
@@ -90,31 +90,17 @@ def find_kernels(args):
     return out
 
 
-class Reporter:
-    """TAP output, safe to call from the worker threads."""
+class Reporter(tap.Tap):
+    """TAP output of the cases, safe to call from the worker threads."""
 
     def __init__(self, total, verbose):
-        self.lock = threading.Lock()
-        self.n = 0
-        self.counts = {"passed": 0, "failed": 0, "skipped": 0}
-        self.verbose = verbose
-        self.times = []
+        super().__init__(verbose)
         self.boots = []
-        print("TAP version 13", flush=True)
         print(f"1..{total}", flush=True)
 
     def result(self, name, status, why=(), notes=(), tail=(), secs=None, extra=()):
         with self.lock:
-            self.n += 1
-            if status == "ok":
-                self.counts["passed"] += 1
-                print(f"ok {self.n} - {name}")
-            elif status == "skip":
-                self.counts["skipped"] += 1
-                print(f"ok {self.n} - {name} # SKIP {why[0] if why else ''}")
-            else:
-                self.counts["failed"] += 1
-                print(f"not ok {self.n} - {name}")
+            self.line(name, status, why, secs)
             lines = []
             if status == "fail":
                 lines += list(why) + list(extra)
@@ -123,18 +109,9 @@ class Reporter:
             if status == "fail" and tail:
                 lines += [f"last {len(tail)} lines of the guest console:"]
                 lines += ["  " + l for l in tail]
-            if secs is not None:
-                self.times.append((name, secs))
-                if self.verbose:
-                    lines.append(f"time {secs:.1f} s")
-            for l in lines:
-                for sub in str(l).splitlines() or [""]:
-                    print(f"# {sub}")
-            sys.stdout.flush()
-
-    def diag(self, msg):
-        with self.lock:
-            print(f"# {msg}", flush=True)
+            if secs is not None and self.verbose:
+                lines.append(f"time {secs:.1f} s")
+            self.comment(lines)
 
     def boot(self, kver, secs):
         with self.lock:
@@ -147,15 +124,7 @@ class Reporter:
         for kver in sorted({k for k, _ in self.boots}):
             t = sorted(s for k, s in self.boots if k == kver)
             print(f"# boots {kver}: {len(t)}, median {t[len(t) // 2]:.1f} s")
-        if self.times:
-            slow = sorted(self.times, key=lambda x: -x[1])[:3]
-            print("# slowest: " + ", ".join(f"{n} {s:.1f} s" for n, s in slow))
-        print(f"# wall time {wall:.0f} s")
-        c = self.counts
-        line = f"{c['passed']} passed, {c['failed']} failed"
-        if c["skipped"]:
-            line += f", {c['skipped']} skipped"
-        print(line, flush=True)
+        return self.totals(wall, 3)
 
 
 class Runner:

@@ -109,8 +109,9 @@ def case_tracepoints(t):
                "vballoon_oom_deflate", "vballoon_reserve_deflate", "vballoon_migrate",
                "vballoon_hint_round", "vballoon_report"):
         t.check(ev in events, f"no tracepoint {ev}: {events}")
+    size_kb = t.g.read(f"{TRACING}/buffer_size_kb").split()[0]
     t.g.check(f"echo 0 > {TRACING}/tracing_on; echo > {TRACING}/trace; "
-              f"echo 16384 > {TRACING}/buffer_size_kb")
+              f"echo 4096 > {TRACING}/buffer_size_kb")
 
     # off: inflating records nothing
     t.balloon(t.mem - 64 * MiB)
@@ -120,8 +121,8 @@ def case_tracepoints(t):
     v0 = t.g.vmstat()
     n0 = int(t.bsys("stats_requests"))
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
-    # 384 MiB, not lower: the 16 MiB per CPU of trace buffer come out of
-    # what the guest can spare (6.1 stopped 2 MiB short of 256 MiB in CI)
+    # 384 MiB, not lower: the trace buffer comes out of what the guest can
+    # spare (with 16 MiB per CPU, 6.1 stopped 2 MiB short of 256 MiB in CI)
     t.balloon(384 * MiB)
     t.balloon(t.mem - 64 * MiB)
     time.sleep(1.5)
@@ -149,7 +150,9 @@ def case_tracepoints(t):
             f"no vballoon_target record of the 384 MiB target: {targets}")
     t.check(re.search(r"vballoon_inflate: pages=\d+ order=\d+ duration_ns=[1-9]", trace),
             "inflate records carry no duration")
-    t.g.check(f"echo 0 > {TRACING}/events/vballoon/enable; echo > {TRACING}/trace")
+    # the guest runs more cases: give the buffer's memory back
+    t.g.check(f"echo 0 > {TRACING}/events/vballoon/enable; echo > {TRACING}/trace; "
+              f"echo {size_kb} > {TRACING}/buffer_size_kb")
     t.balloon(t.mem)
 
 
