@@ -1,0 +1,810 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""vballoon the way a distribution ships it: tests of the Debian package
+and of a Debian 12 guest booting with it.
+
+On this machine (root): build vballoon-dkms_<VERSION>_all.deb from a copy of
+the tree, lintian it, install it (DKMS builds and installs the module for
+every kernel with headers), check dkms status and modinfo, purge it and check
+that nothing is left; then make install / make uninstall for every kernel.
+
+In QEMU: a Debian 12 root file system (debootstrap minbase + kmod + udev,
+cached in build/distro/) with the kernel's own modules, the DKMS-built
+vballoon.ko in updates/dkms and the package's modprobe.d file, booted with
+its own udev. udev must load vballoon and not virtio_balloon, the balloon
+must follow QMP, "modprobe -r vballoon" must give a full balloon back, and
+with the README's "Turning ballooning off" lines no driver may bind.
+
+Output is TAP; the last line is "N passed, N failed".  See
+selftests/README.md and Documentation/installation.rst.
+"""
+import argparse
+import fcntl
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vbtest import initramfs, tap  # noqa: E402
+from vbtest.guest import GuestDead, GuestError  # noqa: E402
+from vbtest.qmp import QMPError  # noqa: E402
+from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent / "distro"
+BUILD = REPO / "build" / "distro"
+PKG = "vballoon-dkms"
+SUITE = "bookworm"
+DEBOOTSTRAP = ["--variant=minbase", "--include=kmod,udev"]
+BALLOON_ALIAS = "virtio:d00000005v00001AF4"
+MODPROBE_CONF = Path("/etc/modprobe.d/vballoon.conf")
+MiB = 1 << 20
+GUEST_MIB = 1024
+INFLATE_MIB = 256
+TAIL = 30
+APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
+
+
+class Fail(Exception):
+    """A check failed."""
+
+
+class Skip(Exception):
+    """A step cannot run here."""
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def sh(argv, log=None, ok=(0,), **kw):
+    """Run argv; returns stdout+stderr.  Output also goes to log (a Path)."""
+    p = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, **kw)
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(shlex.quote(str(a)) for a in argv)}\n{p.stdout}"
+                    f"[exit {p.returncode}]\n")
+    if p.returncode not in ok:
+        tail = "\n".join(p.stdout.splitlines()[-TAIL:])
+        raise Fail(f"{' '.join(str(a) for a in argv)}: exit {p.returncode}\n{tail}")
+    return p.stdout
+
+
+# -- TAP ----------------------------------------------------------------------
+class Tap(tap.Tap):
+    """TAP output of the steps; the plan line comes last."""
+
+    def step(self, name, fn, *args):
+        """Run fn(note, *args) as one test; returns its value or None."""
+        notes = []
+        t0 = time.monotonic()
+        status, why, value = "ok", [], None
+        try:
+            value = fn(notes.append, *args)
+        except Skip as e:
+            status, why = "skip", [str(e)]
+        except Fail as e:
+            status, why = "fail", str(e).splitlines()
+        except (GuestError, GuestDead, QMPError, TimeoutError, OSError) as e:
+            status, why = "fail", f"{type(e).__name__}: {e}".splitlines()
+        except Exception:
+            status, why = "fail", traceback.format_exc().splitlines()
+        secs = time.monotonic() - t0
+        with self.lock:
+            self.line(name, status, why, secs)
+            lines = list(why) if status == "fail" else []
+            if status == "fail" or self.verbose:
+                lines += notes + [f"time {secs:.1f} s"]
+            self.comment(lines)
+        return value if status == "ok" else None
+
+    def summary(self, wall):
+        print(f"1..{self.n}")
+        return self.totals(wall, 4)
+
+
+def readme_blacklist():
+    """(file, lines) of README.md's "Turning ballooning off" section."""
+    text = (REPO / "README.md").read_text()
+    m = re.search(r"^## Turning ballooning off\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    check(m, "README.md has no '## Turning ballooning off' section")
+    sec = m.group(1)
+    f = re.search(r"`(/etc/modprobe\.d/[^`]+\.conf)`", sec)
+    check(f, "README.md's 'Turning ballooning off' names no /etc/modprobe.d/*.conf file")
+    lines = [l[4:] for l in sec.splitlines() if l.startswith("    ") and l.strip()]
+    return f.group(1), lines
+
+
+def rst_blacklist(path):
+    """(file, lines) of the "Turning ballooning off" section of an .rst file,
+    or None when it has no such section."""
+    text = path.read_text()
+    m = re.search(r"^Turning ballooning off\n=+\n(.*?)(?=^\S[^\n]*\n[=-]+\n|\Z)",
+                  text, re.M | re.S)
+    if not m:
+        return None
+    sec = m.group(1)
+    f = re.search(r"``(/etc/modprobe\.d/[^`]+\.conf)``", sec)
+    check(f, f"{path.name}: 'Turning ballooning off' names no /etc/modprobe.d/*.conf file")
+    block = re.search(r"::\n\n((?:(?:[ \t]+\S[^\n]*)?\n)+)", sec[f.end():])
+    check(block, f"{path.name}: no literal block after {f.group(1)}")
+    lines = [l.strip() for l in block.group(1).splitlines() if l.strip()]
+    return f.group(1), lines
+
+
+def step_docs(note):
+    """README.md's lines, and every Documentation/*.rst that tells how to turn
+    ballooning off (installation.rst must) says the same."""
+    name, lines = readme_blacklist()
+    note(f"README.md: {name}: {lines}")
+    for drv in ("virtio_balloon", "vballoon"):
+        check(f"blacklist {drv}" in lines,
+              f"README.md's blacklist block lacks 'blacklist {drv}': {lines}")
+    check("Documentation/installation.rst" in (REPO / "README.md").read_text(),
+          "README.md does not point to Documentation/installation.rst")
+    docs = REPO / "Documentation"
+    check(rst_blacklist(docs / "installation.rst"),
+          "installation.rst has no 'Turning ballooning off' section")
+    for rst in sorted(docs.glob("*.rst")):
+        got = rst_blacklist(rst)
+        if got is not None:
+            note(f"{rst.name}: {got[0]}: {got[1]}")
+            check(got == (name, lines),
+                  f"{rst.name} ({got[0]}: {got[1]}) and README.md ({name}: {lines}) differ")
+    return name, lines
+
+
+def step_version(note):
+    version = (REPO / "VERSION").read_text().strip()
+    changelog = sh(["dpkg-parsechangelog", "-l", REPO / "debian" / "changelog",
+                    "-S", "Version"]).strip()
+    note(f"VERSION {version}, debian/changelog {changelog}")
+    check(changelog == version,
+          f"debian/changelog is at {changelog}, VERSION at {version}: "
+          f"add a changelog entry (dch -v {version})")
+    conf = (REPO / "dkms.conf").read_text()
+    check(re.search(r'^PACKAGE_VERSION="#MODULE_VERSION#"$', conf, re.M),
+          "dkms.conf must take its version from VERSION "
+          "(PACKAGE_VERSION=\"#MODULE_VERSION#\")")
+    check(re.search(r'^PACKAGE_NAME="vballoon"$', conf, re.M),
+          "dkms.conf: PACKAGE_NAME is not vballoon")
+    return version
+
+
+# -- the package on this machine -------------------------------------------------
+def kernels_with_headers():
+    return sorted(p.parent.name for p in Path("/lib/modules").glob("*/build")
+                  if (p / "Makefile").exists())
+
+
+def vballoon_leftovers(version):
+    """What of vballoon is installed on this machine."""
+    found = []
+    st = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", PKG],
+                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if st.returncode == 0 and st.stdout.strip() not in ("", "un", "pn"):
+        found.append(f"package {PKG} ({st.stdout.strip()})")
+    for p in (Path("/var/lib/dkms/vballoon"), Path(f"/usr/src/vballoon-{version}"),
+              MODPROBE_CONF):
+        if p.exists():
+            found.append(str(p))
+    found += [str(p) for p in sorted(Path("/lib/modules").glob("*/updates/**/vballoon.ko*"))]
+    return found
+
+
+def copy_tree(dst):
+    """The checkout's files (tracked and untracked, not ignored) into dst."""
+    dst.mkdir(parents=True)
+    git = subprocess.run(["git", "-C", REPO, "ls-files", "-z", "-c", "-o",
+                          "--exclude-standard"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    if git.returncode == 0 and git.stdout:
+        for rel in git.stdout.decode().split("\0"):
+            src = REPO / rel
+            if rel and src.is_file():
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst / rel)
+    else:       # not a git checkout (a tarball): everything but build products
+        shutil.rmtree(dst)
+        shutil.copytree(REPO, dst, symlinks=True, ignore=shutil.ignore_patterns(
+            "build", ".git", "__pycache__", "*.o", "*.ko", "*.mod", "*.mod.c",
+            ".*.cmd", "*.order", "*.symvers"))
+
+
+class Package:
+    def __init__(self, run, version):
+        self.run, self.version = run, version
+        self.dir = run / "pkg"
+        self.log = run / "package.log"
+        self.deb = self.dir / f"{PKG}_{version}_all.deb"
+        self.installed = False
+        self.kernels = kernels_with_headers()
+        self.modules = {}       # kver -> copy of the DKMS-built module
+        self.conf = None        # copy of the installed modprobe.d file
+
+    def build(self, note):
+        # make deb builds in a copy of the sources: the tree stays clean.
+        t0 = time.monotonic()
+        sh(["make", "-C", REPO, "deb", f"DEB_DIR={self.dir}"], log=self.log)
+        note(f"make deb (dpkg-buildpackage -us -uc -b): {time.monotonic() - t0:.1f} s")
+        check(self.deb.exists(), f"no {self.deb.name}; built: "
+              f"{sorted(p.name for p in self.dir.glob('*.deb'))}")
+        fields = sh(["dpkg-deb", "-f", self.deb, "Package", "Version", "Architecture",
+                     "Depends"])
+        note(fields.strip())
+        check(f"Version: {self.version}\n" in fields, f"{self.deb.name}: {fields}")
+        files = sh(["dpkg-deb", "-c", self.deb])
+        for want in (f"./usr/src/vballoon-{self.version}/dkms.conf",
+                     f"./usr/src/vballoon-{self.version}/Makefile",
+                     f"./usr/src/vballoon-{self.version}/Kbuild",
+                     f"./usr/src/vballoon-{self.version}/VERSION",
+                     f".{MODPROBE_CONF}"):
+            check(re.search(rf" {re.escape(want)}$", files, re.M),
+                  f"{self.deb.name} lacks {want}:\n{files}")
+        conffiles = sh(["dpkg-deb", "--info", self.deb, "conffiles"])
+        check(str(MODPROBE_CONF) in conffiles,
+              f"{MODPROBE_CONF} is not a conffile (purge would leave it): {conffiles!r}")
+        return self.deb
+
+    def lintian(self, note):
+        changes = next(self.dir.glob("*.changes"), None)
+        check(changes, "no .changes file from dpkg-buildpackage")
+        out = sh(["lintian", "--pedantic", "--display-info", "--display-experimental",
+                  changes], log=self.log, ok=(0, 1),
+                 env=dict(os.environ, LANG="C.UTF-8"))
+        tags = [l for l in out.splitlines() if re.match(r"^[EWIPXNO]: ", l)]
+        for t in tags:
+            note(t)
+        errors = [t for t in tags if t.startswith("E: ")]
+        check(not errors, "lintian errors:\n" + "\n".join(errors))
+        note(f"lintian: {len(tags)} tags, no errors" if tags else "lintian: no tags")
+
+    def install(self, note):
+        check(self.deb.exists(), "no package was built")
+        left = vballoon_leftovers(self.version)
+        check(not left, "vballoon is already installed on this machine; the test "
+              "will not touch an installation it did not make. Remove it first "
+              f"(apt-get purge {PKG}; make dkms-remove; make uninstall KVER=...):\n  "
+              + "\n  ".join(left))
+        check(self.kernels, "no kernel headers in /lib/modules/*/build")
+        t0 = time.monotonic()
+        self.installed = True
+        out = sh(APT + ["install", "--no-install-recommends", self.deb.resolve()],
+                 log=self.log, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        note(f"apt-get install ./{self.deb.name}: {time.monotonic() - t0:.1f} s")
+        note("\n".join(l for l in out.splitlines() if "Building for" in l))
+        status = sh(["dkms", "status", "vballoon"])
+        note("dkms status:\n" + "\n".join(l for l in status.splitlines()
+                                           if l.startswith("vballoon")))
+        for kver in self.kernels:
+            check(re.search(rf"^vballoon/{re.escape(self.version)}, {re.escape(kver)}, "
+                            r"\S+: installed", status, re.M),
+                  f"dkms status does not show vballoon installed for {kver}:\n{status}")
+            info = sh(["modinfo", "-k", kver, "vballoon"])
+            fields = dict((k.strip(), v.strip()) for k, _, v in
+                          (l.partition(":") for l in info.splitlines()) if v)
+            path = fields.get("filename", "")
+            note(f"modinfo -k {kver}: {path}, version {fields.get('version')}, "
+                 f"vermagic {fields.get('vermagic')}")
+            check(re.fullmatch(rf"/lib/modules/{re.escape(kver)}/updates/dkms/"
+                               r"vballoon\.ko(\.xz|\.zst|\.gz)?", path),
+                  f"modinfo -k {kver} vballoon: {path}, not the DKMS module")
+            check(fields.get("version") == self.version,
+                  f"{path}: version {fields.get('version')}, want {self.version}")
+            check(fields.get("vermagic", "").split(" ")[0] == kver,
+                  f"{path}: vermagic {fields.get('vermagic')}")
+            # What udev would load for the balloon: the blacklist leaves vballoon.
+            dry = sh(["modprobe", "-S", kver, "--dry-run", "--show-depends",
+                      BALLOON_ALIAS])
+            loads = [Path(l.split()[1]).name for l in dry.splitlines()
+                     if l.startswith("insmod ")]
+            note(f"modprobe -S {kver} --show-depends {BALLOON_ALIAS}: {loads}")
+            check(any(n.startswith("vballoon.ko") for n in loads)
+                  and not any(n.startswith("virtio_balloon.ko") for n in loads),
+                  f"the balloon's alias resolves to {loads} on {kver}")
+            keep = self.run / "artifacts" / kver
+            keep.mkdir(parents=True, exist_ok=True)
+            self.modules[kver] = Path(shutil.copy2(path, keep))
+        check(MODPROBE_CONF.exists(), f"{MODPROBE_CONF} not installed")
+        check(MODPROBE_CONF.read_text() == (REPO / "modprobe.d" / "vballoon.conf").read_text(),
+              f"{MODPROBE_CONF} is not the tree's modprobe.d/vballoon.conf")
+        check(re.search(r"^blacklist virtio_balloon$", MODPROBE_CONF.read_text(), re.M),
+              f"{MODPROBE_CONF} does not blacklist virtio_balloon")
+        self.conf = Path(shutil.copy2(MODPROBE_CONF, self.run / "artifacts" / "vballoon.conf"))
+        conf = Path(f"/usr/src/vballoon-{self.version}/dkms.conf").read_text()
+        check(f'PACKAGE_VERSION="{self.version}"' in conf,
+              f"installed dkms.conf has no PACKAGE_VERSION=\"{self.version}\"")
+
+    def purge(self, note):
+        check(self.installed, "the package was not installed")
+        t0 = time.monotonic()
+        sh(APT + ["purge", PKG], log=self.log,
+           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        self.installed = False
+        note(f"apt-get purge {PKG}: {time.monotonic() - t0:.1f} s")
+        left = vballoon_leftovers(self.version)
+        check(not left, "left after the purge:\n  " + "\n  ".join(left))
+        status = sh(["dkms", "status", "vballoon"])
+        check("vballoon" not in status, f"dkms status still shows: {status}")
+        for kver in self.kernels:
+            r = subprocess.run(["modinfo", "-k", kver, "-F", "filename", "vballoon"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            check(r.returncode != 0, f"modinfo -k {kver} still finds {r.stdout.strip()}")
+
+    def cleanup(self):
+        """After an error: do not leave the package on the machine."""
+        if self.installed:
+            subprocess.run(["dpkg", "--purge", PKG], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            self.installed = False
+
+
+def step_make_install(note, run, version, kernels):
+    """make install / make uninstall KVER=... from a copy of the tree."""
+    left = vballoon_leftovers(version)
+    check(not left, "vballoon is already installed:\n  " + "\n  ".join(left))
+    src = run / "make-install"
+    copy_tree(src)
+    log = run / "make-install.log"
+    installed = []
+    try:
+        for kver in kernels:
+            t0 = time.monotonic()
+            installed.append(kver)
+            sh(["make", "-C", src, f"KVER={kver}", "install"], log=log)
+            path = sh(["modinfo", "-k", kver, "-F", "filename", "vballoon"]).strip()
+            vermagic = sh(["modinfo", "-k", kver, "-F", "vermagic", "vballoon"]).split(" ")[0]
+            note(f"make install KVER={kver}: {path} ({time.monotonic() - t0:.1f} s)")
+            check(re.fullmatch(rf"/lib/modules/{re.escape(kver)}/updates/vballoon\.ko(\.xz)?",
+                               path), f"modinfo -k {kver}: {path}")
+            check(vermagic == kver, f"{path}: vermagic {vermagic}")
+            check(MODPROBE_CONF.read_text() ==
+                  (REPO / "modprobe.d" / "vballoon.conf").read_text(),
+                  f"{MODPROBE_CONF} is not modprobe.d/vballoon.conf")
+    finally:
+        for kver in installed:
+            sh(["make", "-C", src, f"KVER={kver}", "uninstall"], log=log)
+    left = vballoon_leftovers(version)
+    check(not left, "left after make uninstall:\n  " + "\n  ".join(left))
+    for kver in kernels:
+        r = subprocess.run(["modinfo", "-k", kver, "vballoon"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        check(r.returncode != 0, f"modinfo -k {kver} still finds vballoon")
+    note("make uninstall: module and modprobe.d file gone")
+
+
+# -- the Debian guest -------------------------------------------------------------
+def apt_mirror(suite):
+    """The first Debian mirror in this machine's APT sources that has suite."""
+    d = Path("/etc/apt/sources.list.d")
+    for f in [Path("/etc/apt/sources.list")] + sorted(d.glob("*.list")) + \
+            sorted(d.glob("*.sources")):
+        if not f.is_file():
+            continue
+        text = f.read_text(errors="replace")
+        if f.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                kv = {}
+                for line in stanza.splitlines():
+                    k, sep, v = line.partition(":")
+                    if sep and not line.startswith((" ", "\t", "#")):
+                        kv[k.strip().lower()] = v.strip()
+                if ("deb" in kv.get("types", "").split() and
+                        suite in kv.get("suites", "").split() and
+                        kv.get("enabled", "yes") != "no" and kv.get("uris")):
+                    return kv["uris"].split()[0]
+        else:
+            for line in text.splitlines():
+                w = re.sub(r"\[[^]]*\]", "", line).split()
+                if len(w) >= 3 and w[0] == "deb" and w[2] == suite:
+                    return w[1]
+    return "http://deb.debian.org/debian"
+
+
+def umount_under(path):
+    """Unmount whatever an interrupted debootstrap left mounted in path."""
+    path = str(Path(path).resolve())
+    mounts = [l.split()[1] for l in Path("/proc/self/mounts").read_text().splitlines()]
+    for m in sorted((m for m in mounts if m == path or m.startswith(path + "/")),
+                    reverse=True):
+        subprocess.run(["umount", "-l", m])
+
+
+def ensure_rootfs(note, mirror):
+    """build/distro/rootfs-bookworm.tar: made by debootstrap once, then reused."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    tar = BUILD / f"rootfs-{SUITE}.tar"
+    how = " ".join(DEBOOTSTRAP + [SUITE])
+    stamp = BUILD / f"rootfs-{SUITE}.how"
+    if tar.exists() and stamp.exists() and stamp.read_text().strip() == how:
+        note(f"cached {tar.relative_to(REPO)} (debootstrap {how})")
+        return tar
+    mirror = mirror or apt_mirror(SUITE)
+    tmp = BUILD / f"rootfs-{SUITE}.tmp"
+    umount_under(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.monotonic()
+    sh(["debootstrap", *DEBOOTSTRAP, SUITE, tmp, mirror], log=BUILD / "debootstrap.log")
+    for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+    sh(["tar", "--numeric-owner", "-C", tmp, "-cf", f"{tar}.tmp", "."])
+    os.replace(f"{tar}.tmp", tar)
+    stamp.write_text(how + "\n")
+    shutil.rmtree(tmp)
+    note(f"debootstrap {how} {mirror}: {time.monotonic() - t0:.0f} s, "
+         f"{tar.stat().st_size >> 20} MiB")
+    return tar
+
+
+def link_tree(src, dst):
+    """Hard-link (or copy) the files of src into dst."""
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            s, d = Path(dirpath) / name, dst / rel / name
+            if s.is_symlink():
+                os.symlink(os.readlink(s), d)
+                continue
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copy2(s, d)
+
+
+def build_image(note, run, tar, modules, conf, agent):
+    """A raw ext4 image: the root file system, the kernels' modules with the
+    DKMS-built vballoon in updates/dkms, the package's modprobe.d file, and
+    the test's init and agent."""
+    t0 = time.monotonic()
+    root = run / "root"
+    root.mkdir()
+    image = run / "rootfs.img"
+    try:
+        sh(["tar", "--numeric-owner", "-C", root, "-xf", tar])
+        for kver, ko in sorted(modules.items()):
+            src, dst = Path("/lib/modules") / kver, root / "usr/lib/modules" / kver
+            dst.mkdir(parents=True)
+            for f in src.iterdir():
+                if f.is_file() and f.name.startswith("modules."):
+                    shutil.copy2(f, dst)
+            # The kernel's modules are only read (depmod writes the
+            # modules.* copies above): hard links save copying them.
+            link_tree(src / "kernel", dst / "kernel")
+            (dst / "updates" / "dkms").mkdir(parents=True)
+            shutil.copy2(ko, dst / "updates" / "dkms" / ko.name)
+            sh(["depmod", "-b", root, kver])
+        shutil.copy2(conf, root / "etc/modprobe.d/vballoon.conf")
+        os.chmod(root / "etc/modprobe.d/vballoon.conf", 0o644)
+        shutil.copy2(agent, root / "usr/local/sbin/vb-agent")
+        shutil.copy2(HERE / "rootfs-init.sh", root / "usr/sbin/vb-init")
+        os.chmod(root / "usr/sbin/vb-init", 0o755)
+        (root / "etc/hostname").write_text("vballoon-distro\n")
+        used = int(sh(["du", "-sxm", root]).split()[0])
+        sh(["mkfs.ext4", "-q", "-F", "-L", "vbroot", "-d", root, image,
+            f"{used * 5 // 4 + 512}M"], log=run / "image.log")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    note(f"{image.name}: {used} MiB of files ({', '.join(sorted(modules))}), "
+         f"built in {time.monotonic() - t0:.1f} s")
+    return image
+
+
+def build_boot_initramfs(kver, out):
+    """A small initramfs that mounts the root disk (virtio-blk, ext4)."""
+    kmods = initramfs.KernelModules(kver)
+    want = initramfs.TRANSPORT + ["virtio_blk", "crc32c_generic", "ext4"]
+    order = kmods.load_order([m for m in want if m in kmods.deps or m in kmods.builtin])
+    c = initramfs.Cpio()
+    for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "root"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("init", (HERE / "initramfs-init.sh").read_bytes(), 0o755)
+    c.file("bin/busybox", initramfs.BUSYBOX.read_bytes(), 0o755)
+    applets = sh([initramfs.BUSYBOX, "--list"]).split()
+    for a in sorted(set(applets) - {"busybox"}):
+        c.symlink(f"bin/{a}", "busybox")
+    for m in order:
+        c.file(f"lib/modules/{m}.ko", initramfs.read_module(kmods.path(m)))
+    c.file("etc/modules", "".join(f"{m}.ko\n" for m in order).encode())
+    c.write(out)
+    return out
+
+
+class DistroGuest:
+    """One kernel's boots of the Debian image."""
+
+    def __init__(self, run, kver, image, accel, blacklist):
+        self.run, self.kver, self.accel = run, kver, accel
+        self.blacklist = blacklist
+        self.dir = run / kver
+        self.dir.mkdir()
+        self.initrd = build_boot_initramfs(kver, self.dir / "initramfs.cpio")
+        self.disk = self.dir / "disk.qcow2"
+        sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image, self.disk])
+        self.config = VMConfig.make(
+            mem=GUEST_MIB, smp=2, cmdline="root=/dev/vda rw init=/usr/sbin/vb-init",
+            qemu_args=["-drive", f"file={self.disk},if=virtio,format=qcow2"])
+        self.vm = None
+        self.boots = 0
+        self.full = GUEST_MIB * MiB
+        self.memtotal0 = None
+
+    def boot(self, note):
+        self.stop()
+        self.boots += 1
+        t0 = time.monotonic()
+        vm, failed = boot(self.kver, self.initrd, self.config,
+                          self.dir / f"boot{self.boots}", self.accel)
+        if vm is None:
+            raise Fail(f"boot {self.boots} of {self.kver} did not reach the agent; "
+                       f"console (in {failed.workdir}):\n" + "\n".join(failed.console.tail(TAIL)))
+        self.vm = vm
+        coldplug = re.findall(r"init: .* coldplugged in .*", vm.console.text())
+        note(f"boot {self.boots}: agent after {time.monotonic() - t0:.1f} s; "
+             + (coldplug[-1] if coldplug else ""))
+        return vm
+
+    def stop(self):
+        if self.vm is not None:
+            self.vm.stop()
+            self.vm = None
+
+    def require_vm(self):
+        check(self.vm is not None and self.vm.alive(), "no running guest (boot failed)")
+        return self.vm
+
+    def console_clean(self):
+        bad = console_problems(self.vm.console.text())
+        check(not bad, "the guest console shows:\n" + "\n".join(bad) +
+              "\nlast lines:\n" + "\n".join(self.vm.console.tail(TAIL)))
+
+    def balloon_state(self):
+        """(loaded balloon modules, driver bound to the balloon device)."""
+        g = self.vm.guest
+        mods = [m for m in g.modules() if m in ("vballoon", "virtio_balloon")]
+        dev = g.sysfs_balloon_dev()
+        check(dev, "the guest has no virtio device 0x0005 (balloon) in /sys/bus/virtio")
+        rc, link = g.run(f"readlink {dev}/driver")
+        return mods, dev, Path(link.strip()).name if rc == 0 else None
+
+    # -- steps --------------------------------------------------------------
+    def step_autoload(self, note):
+        self.boot(note)
+        g = self.vm.guest
+        mods, dev, drv = self.balloon_state()
+        lsmod = g.check("lsmod")
+        drivers = g.check("ls /sys/bus/virtio/drivers").split()
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; /sys/bus/virtio/drivers: {drivers}")
+        check("virtio_balloon" not in mods and not re.search(r"^virtio_balloon ", lsmod, re.M),
+              f"virtio_balloon is loaded:\n{lsmod}")
+        check("vballoon" in mods and re.search(r"^vballoon ", lsmod, re.M),
+              f"udev did not load vballoon:\n{lsmod}")
+        check(drv == "vballoon", f"{dev} is bound to {drv}, not vballoon")
+        check("virtio_balloon" not in drivers, f"virtio_balloon is registered: {drivers}")
+        path = g.check("modinfo -F filename vballoon").strip()
+        note(f"guest modinfo vballoon: {path}")
+        check(path.startswith(f"/lib/modules/{self.kver}/updates/dkms/vballoon.ko"),
+              f"the guest's vballoon is {path}, not the DKMS module")
+        conf = g.check("cat /etc/modprobe.d/vballoon.conf")
+        check("blacklist virtio_balloon" in conf, f"/etc/modprobe.d/vballoon.conf: {conf}")
+
+    def step_balloon(self, note):
+        vm = self.require_vm()
+        check(self.balloon_state()[2] == "vballoon", "vballoon is not bound")
+        actual = vm.qmp.query_balloon()
+        check(actual == self.full, f"query-balloon actual {actual}, want {self.full}")
+        self.memtotal0 = vm.guest.meminfo()["MemTotal"]
+        target = self.full - INFLATE_MIB * MiB
+        t0 = time.monotonic()
+        vm.qmp.balloon(target)
+        vm.qmp.wait_actual(target, timeout=120)
+        memtotal = vm.guest.meminfo()["MemTotal"]
+        note(f"balloon {target >> 20} MiB: actual reached in {time.monotonic() - t0:.1f} s; "
+             f"MemTotal {self.memtotal0} -> {memtotal} kB")
+        drop = self.memtotal0 - memtotal
+        check(abs(drop - INFLATE_MIB * 1024) <= 4096,
+              f"guest MemTotal dropped by {drop} kB, want {INFLATE_MIB * 1024} kB")
+
+    def step_unload(self, note):
+        vm = self.require_vm()
+        g = vm.guest
+        check(self.memtotal0, "no MemTotal from before the balloon (balloon failed)")
+        target = self.full - INFLATE_MIB * MiB
+        check(vm.qmp.query_balloon() == target, "the balloon is not full before modprobe -r")
+        t0 = time.monotonic()
+        g.check("modprobe -r vballoon", timeout=120)
+        vm.qmp.wait_actual(self.full, timeout=30)
+        memtotal = g.meminfo()["MemTotal"]
+        mods, dev, drv = self.balloon_state()
+        note(f"modprobe -r vballoon: {time.monotonic() - t0:.1f} s; actual "
+             f"{vm.qmp.query_balloon() >> 20} MiB; MemTotal {memtotal} kB "
+             f"(before the balloon {self.memtotal0} kB); loaded {mods}, driver {drv}")
+        check(abs(memtotal - self.memtotal0) <= 1024,
+              f"MemTotal {memtotal} kB after modprobe -r, {self.memtotal0} kB before inflating")
+        check(not mods and drv is None, f"after modprobe -r: loaded {mods}, driver {drv}")
+        self.console_clean()
+
+    def step_blacklist(self, note):
+        name, lines = self.blacklist
+        vm = self.vm if self.vm is not None and self.vm.alive() else self.boot(note)
+        # What the README tells the administrator to do, then a reboot.
+        vm.guest.check(f"printf '%s\\n' {' '.join(shlex.quote(l) for l in lines)} "
+                       f">{shlex.quote(name)} && sync")
+        vm = self.boot(note)
+        g = vm.guest
+        note(f"{name}: {g.read(name).splitlines()}")
+        mods, dev, drv = self.balloon_state()
+        drivers = g.check("ls /sys/bus/virtio/drivers").split()
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; /sys/bus/virtio/drivers: {drivers}")
+        check(not mods, f"balloon modules loaded with both blacklisted: {mods}")
+        check(drv is None, f"{dev} is bound to {drv}")
+        check(not {"vballoon", "virtio_balloon"} & set(drivers),
+              f"a balloon driver is registered: {drivers}")
+        # udev did see the device (so it was the blacklist that left it alone)
+        props = g.check(f"udevadm info -q property {dev}")
+        check(f"MODALIAS={BALLOON_ALIAS}" in props,
+              f"udev has no record of {dev}:\n{props}")
+        memtotal = g.meminfo()["MemTotal"]
+        vm.qmp.balloon(self.full - INFLATE_MIB * MiB)
+        seen = set()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 5:
+            seen.add(vm.qmp.query_balloon())
+            time.sleep(0.5)
+        after = g.meminfo()["MemTotal"]
+        note(f"QMP balloon {(self.full >> 20) - INFLATE_MIB} MiB: actual over 5 s "
+             f"{sorted(a >> 20 for a in seen)} MiB; MemTotal {memtotal} -> {after} kB")
+        check(seen == {self.full}, f"actual moved without a driver: {sorted(seen)}")
+        check(after == memtotal, f"MemTotal moved without a driver: {memtotal} -> {after}")
+        self.console_clean()
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", action="append", metavar="KVER",
+                   help="kernel to boot (repeatable); default: every kernel with headers "
+                        "and /boot/vmlinuz-KVER")
+    p.add_argument("--no-boot", action="store_true", help="only the package tests")
+    p.add_argument("--no-make-install", action="store_true",
+                   help="skip the make install/uninstall test")
+    p.add_argument("--mirror", help="Debian mirror for debootstrap (default: from "
+                                    "/etc/apt/sources.list*)")
+    p.add_argument("--accel", choices=["kvm", "tcg"], help="skip the KVM probe")
+    p.add_argument("--keep", action="store_true", help="keep the run directory")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every step's notes and timing")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    t_start = time.monotonic()
+    tap = Tap(args.verbose)
+    if os.geteuid() != 0:
+        def needs_root(note):
+            raise Skip("needs root (dpkg, dkms, debootstrap)")
+        tap.step("distro", needs_root)
+        return tap.summary(time.monotonic() - t_start)
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    # One run at a time per machine: the package is installed system-wide.
+    lockdir = Path("/run/lock") if Path("/run/lock").is_dir() else BUILD
+    lock = open(lockdir / "vballoon-distro-test.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        tap.diag("another distro test is running; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    run = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
+    run.mkdir(parents=True)
+    tap.diag(f"run dir {run}")
+
+    blacklist = tap.step("distro/docs", step_docs)
+    version = tap.step("distro/version", step_version) or \
+        (REPO / "VERSION").read_text().strip()
+    pkg = Package(run, version)
+    kernels = args.kernel or [k for k in pkg.kernels if Path(f"/boot/vmlinuz-{k}").exists()]
+    guests = []
+
+    def host_side():
+        """Purge the package, then make install / uninstall."""
+        try:
+            tap.step("distro/deb-purge", pkg.purge)
+        finally:
+            pkg.cleanup()
+        if not args.no_make_install:
+            tap.step("distro/make-install", step_make_install, run, version, pkg.kernels)
+
+    def prepare(note):
+        check(pkg.conf and all(k in pkg.modules for k in kernels),
+              f"no DKMS-built module from the package for "
+              f"{[k for k in kernels if k not in pkg.modules]} (deb-install failed)")
+        check(blacklist, "no blacklist lines from README.md (distro/docs failed)")
+        tar = ensure_rootfs(note, args.mirror)
+        progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
+        image = build_image(note, run, tar, {k: pkg.modules[k] for k in kernels},
+                            pkg.conf, progs["agent"])
+        accel = args.accel
+        if accel is None:
+            accel = "tcg"
+            if os.access("/dev/kvm", os.R_OK | os.W_OK):
+                probe_initrd, _ = initramfs.build_initramfs(
+                    kernels[0], pkg.modules[kernels[0]], BUILD / "initramfs", progs)
+                accel = probe_kvm(kernels[0], probe_initrd, run / "kvm-probe")
+        note(f"accel {accel}")
+        return image, accel
+
+    def one_kernel(kver, prepared):
+        steps = [("udev-autoload", "step_autoload"), ("balloon", "step_balloon"),
+                 ("modprobe-r", "step_unload"), ("blacklist-both", "step_blacklist")]
+        guest = None
+        if prepared:
+            try:
+                guest = DistroGuest(run, kver, prepared[0], prepared[1], blacklist)
+                guests.append(guest)
+            except Exception as e:
+                tap.diag(f"{kver}: cannot set up the guest: {e}")
+        try:
+            for name, meth in steps:
+                if guest is None:
+                    tap.step(f"distro/{kver}/{name}", lambda note: check(
+                        False, "no guest to run in (see distro/rootfs)"))
+                else:
+                    tap.step(f"distro/{kver}/{name}", getattr(guest, meth))
+        finally:
+            if guest:
+                guest.stop()
+
+    def parallel(*fns):
+        threads = [threading.Thread(target=fn, daemon=True) for fn in fns]
+        for th in threads:
+            th.start()
+        for th in threads:
+            while th.is_alive():
+                th.join(0.5)
+
+    # The package is built and installed first: the guests boot its modules.
+    # Then two things at a time, one per CPU: the machine's side (purge, make
+    # install) beside the guest image, then the kernels' guests side by side.
+    try:
+        tap.step("distro/deb-build", pkg.build)
+        tap.step("distro/lintian", pkg.lintian)
+        tap.step("distro/deb-install", pkg.install)
+        prepared = []
+        if args.no_boot:
+            host_side()
+        else:
+            parallel(host_side, lambda: prepared.append(tap.step("distro/rootfs", prepare)))
+            parallel(*[lambda k=k: one_kernel(k, prepared[0]) for k in kernels])
+    except KeyboardInterrupt:
+        print("# interrupted", flush=True)
+        for g in list(guests):
+            g.stop()
+        return 130
+    finally:
+        pkg.cleanup()
+
+    rc = tap.summary(time.monotonic() - t_start)
+    if rc == 0 and not args.keep:
+        shutil.rmtree(run, ignore_errors=True)
+    else:
+        print(f"# logs kept in {run}", flush=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
