@@ -3,7 +3,7 @@
 import time
 
 from vbtest import MiB, case, virtio
-from vbtest.vm import VM, console_problems
+from vbtest.migration import check_console, migrate, sibling, verify_pattern
 
 HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
             qemu_args=["-object", "iothread,id=io0"])
@@ -16,48 +16,6 @@ def dirty_and_free(g, mib):
     g.check("mount -o remount,size=90% /tmp")
     g.check(f"tmpfill fill /tmp/dirty {mib} 1024", timeout=180)
     g.check("tmpfill clear /tmp/dirty", timeout=60)
-
-
-def migrate(qmp, uri, bandwidth=32 << 20, timeout=300):
-    """Migrate (by default at QEMU's default 32 MiB/s); returns query-migrate's
-    ram section.
-
-    Hints only help if the guest answers before the first pass has sent the
-    pages. Debian's kernels zero every page they allocate (init_on_alloc),
-    hinted blocks included: under TCG a round over 800 MiB takes about 2 s.
-    """
-    qmp.cmd("migrate-set-parameters", max_bandwidth=bandwidth)
-    qmp.cmd("migrate", uri=uri)
-    deadline = time.monotonic() + timeout
-    while True:
-        info = qmp.cmd("query-migrate")
-        if info.get("status") == "completed":
-            return info["ram"]
-        if info.get("status") in ("failed", "cancelled"):
-            raise RuntimeError(f"migration {info.get('status')}: {info}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"migration not done in {timeout} s: {info}")
-        time.sleep(0.2)
-
-
-def verify_pattern(job, t, what):
-    n = len(job.output().splitlines())
-    job.signal("USR1")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        res = [x for x in job.output().splitlines()[n:] if x.startswith("verify")]
-        if res:
-            t.check(res[0].startswith("verify ok"), f"{what}: {res[0]}")
-            t.log(f"{what}: {res[0]}")
-            return
-        time.sleep(0.5)
-    t.fail(f"{what}: pattern did not answer")
-
-
-def sibling(t, name, config):
-    """Another QEMU for the same kernel and image, next to the case's own."""
-    return VM(t.kver, t.vm.initrd, config,
-              t.vm.workdir.parent / f"{t.vm.workdir.name}-{name}", t.vm.accel)
 
 
 @case(timeout=600, fresh=True, **HINT)
@@ -105,18 +63,7 @@ def case_hint_migration(t):
         t.check(vm2.start(incoming=f"exec:cat {img}"), "migrated guest did not resume")
         g2 = vm2.guest
         t.eq(g2.check("echo resumed").strip(), "resumed", "migrated guest answers")
-        n = len(g2.read(f"/tmp/.job{job.n}.out").splitlines())
-        g2.check(f"kill -USR1 {job.pid}")
-        deadline = time.monotonic() + 120
-        while True:
-            res = [x for x in g2.read(f"/tmp/.job{job.n}.out").splitlines()[n:]
-                   if x.startswith("verify")]
-            if res:
-                break
-            t.check(time.monotonic() < deadline, "pattern did not answer after migration")
-            time.sleep(0.5)
-        t.check(res[0].startswith("verify ok"), f"after migration: {res[0]}")
-        t.log(f"after migration: {res[0]}")
+        verify_pattern(t, g2, job, "after migration")
         total0 = g2.meminfo()["MemTotal"]
         vm2.qmp.balloon(512 * MiB)
         vm2.qmp.wait_actual(512 * MiB, 120)
@@ -124,8 +71,7 @@ def case_hint_migration(t):
                "MemTotal (kB) of the migrated guest at 512 MiB")
         vm2.qmp.balloon(t.mem)
         vm2.qmp.wait_actual(t.mem, 120)
-        bad = console_problems(vm2.console.text())
-        t.check(not bad, "migrated guest's console: " + "; ".join(bad[:5]))
+        check_console(t, vm2, "migrated guest")
     finally:
         vm2.stop()
         img.unlink(missing_ok=True)
@@ -217,14 +163,14 @@ def case_report_busy(t):
         t.g.check("tmpfill clear /tmp/dirty", timeout=60)
         t.balloon(400 * MiB)
         t.balloon(t.mem)
-    verify_pattern(job, t, "after reporting with inflate/deflate")
+    verify_pattern(t, t.g, job, "after reporting with inflate/deflate")
     t.g.check("tmpfill fill /tmp/dirty 400 1024", timeout=180)
     t.g.check("tmpfill clear /tmp/dirty", timeout=60)
     time.sleep(2)           # the kernel reports 2 s after pages are freed
     t.unload_driver()
     t.eq(t.g.meminfo()["MemTotal"], mi0["MemTotal"], "MemTotal (kB) after unload")
     t.eq(t.qmp.query_balloon(), t.mem, "host's actual after unload")
-    verify_pattern(job, t, "after unload mid-report")
+    verify_pattern(t, t.g, job, "after unload mid-report")
     out = t.g.check("memhog 400", timeout=180)
     t.check("touched 400 MiB" in out, f"memhog after unload:\n{out}")
     job.signal("TERM")

@@ -1,6 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
 """Balloon pages: compaction moves them, data survives, unload returns them."""
-import re
 import time
 
 from vbtest import MiB, case
@@ -104,14 +103,6 @@ def case_integrity(t):
     job.signal("TERM")
 
 
-def free_kb(t):
-    """Free memory as the page allocator counts it: nr_free_pages plus the
-    pages on the per-CPU free lists, in kB, after dropping clean caches."""
-    t.g.check("sync; echo 3 > /proc/sys/vm/drop_caches")
-    pcp = re.findall(r"^\s+count:\s+(\d+)$", t.g.read("/proc/zoneinfo"), re.M)
-    return (t.g.vmstat()["nr_free_pages"] + sum(int(n) for n in pcp)) * 4
-
-
 @case(timeout=400)
 def case_unload(t):
     """rmmod with a full balloon returns every page to the guest and tells
@@ -125,7 +116,7 @@ def case_unload(t):
     t.balloon(t.mem)
     t.unload_driver()
     mi0 = t.g.meminfo()
-    base = free_kb(t)
+    base = t.g.free_kb(drop_caches=True)
     t.load_driver()
     t.balloon(256 * MiB)
     t.check(t.g.meminfo()["MemTotal"] < mi0["MemTotal"] - 700 * 1024,
@@ -143,12 +134,12 @@ def case_unload(t):
     want = base - 8 * 1024
     deadline = time.monotonic() + 20
     while True:
-        have = free_kb(t)
+        have = t.g.free_kb(drop_caches=True)
         if have >= want or time.monotonic() > deadline:
             break
         time.sleep(1)
     t.check(have >= want, f"{have} kB free after rmmod, {base} kB before "
-            "loading (nr_free_pages + per-CPU lists)")
+            "loading (MemFree + per-CPU lists)")
     t.log(f"free after rmmod {have} kB, before {base} kB")
 
     for i in range(20):

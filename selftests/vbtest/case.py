@@ -207,6 +207,11 @@ class Context:
         self.check(a["oom_deflated_pages"] + a["reserve_deflated_pages"]
                    <= a["deflated_pages"], f"deflate counters disagree: {a}")
 
+    def new_device(self):
+        """A new balloon device was bound (hot plug): its sysfs counters
+        start from zero, so compare them with /proc/vmstat from here."""
+        self._vmstat0 = self.g.vmstat() if self.driver == "vballoon" else None
+
     def unload_driver(self, timeout=120):
         self.g.check(f"rmmod {self.driver}", timeout)
 

@@ -205,14 +205,16 @@ class Guest:
             out[key] = int(rest.split()[0])
         return out
 
-    def free_kb(self):
+    def free_kb(self, drop_caches=False):
         """Free memory in kB including the per-CPU page lists.
 
         MemFree leaves out pages parked on the per-CPU lists, which can be
         tens of MiB right after a large free (e.g. a deflate); this is the
-        number to compare before/after balloon operations.
+        number to compare before/after balloon operations. drop_caches
+        first drops clean page cache and slab, for comparisons over time.
         """
-        out = self.check("grep MemFree: /proc/meminfo; "
+        drop = "sync; echo 3 > /proc/sys/vm/drop_caches; " if drop_caches else ""
+        out = self.check(f"{drop}grep MemFree: /proc/meminfo; "
                          "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
         memfree, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
         return int(memfree) + int(pcp) * 4
