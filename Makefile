@@ -8,7 +8,10 @@
 #   make check            install what is missing, build, run the suite
 #   make run              boot a throwaway guest and balloon it live
 #   make bench            in-tree driver and vballoon side by side
+#   make soak DURATION=30m  everything at once on every kernel, then a summary
 #   make lint             checkpatch, sparse and W=1 on every kernel
+#   make cross-arm64      build/<kver>/vballoon.ko for Debian's arm64
+#                         6.12 kernels (16k and 4k pages), cross-compiled
 #   make install          install into /lib/modules/$(KVER)/updates
 #   make deb              build/deb/vballoon-dkms_<version>_all.deb
 #   make dkms-add         put the sources under /usr/src and dkms add them
@@ -31,7 +34,7 @@ KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
-.PHONY: all modules clean all-kernels check check-distro deps run bench lint \
+.PHONY: all modules clean all-kernels cross-arm64 check check-distro deps run bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
 
 all: modules
@@ -47,6 +50,18 @@ build/%/vballoon.ko: $(SRCS) $(wildcard include/*.h)
 	$(MAKE) -C /lib/modules/$*/build M=$(CURDIR)/build/$* $(KBUILD_EXTRA) modules
 
 all-kernels: $(foreach k,$(KERNELS),build/$(k)/vballoon.ko)
+
+# arm64: Debian's headers unpacked under build/arm64 (scripts/arm64.sh),
+# the module cross-compiled for each flavour, W=1 and sparse silent.
+ARM64_FLAVOURS ?= arm64-16k arm64
+cross-arm64:
+	@set -e; for kdir in $$(scripts/arm64.sh $(ARM64_FLAVOURS)); do \
+		b=build/$${kdir##*/linux-headers-}; mkdir -p $$b; \
+		for f in $(SRCS); do ln -sfn $(CURDIR)/$$f $$b/$$f; done; \
+		$(MAKE) -C $$kdir M=$(CURDIR)/$$b ARCH=arm64 \
+			CROSS_COMPILE=aarch64-linux-gnu- W=1 C=$(or $(C),1) modules; \
+		echo "cross-arm64: $$b/vballoon.ko"; \
+	done
 
 deps:
 	scripts/deps.sh
@@ -71,6 +86,13 @@ bench:
 	scripts/deps.sh --if-missing
 	$(MAKE) all-kernels
 	$(PYTHON) selftests/bench.py $(BENCH_ARGS)
+
+DURATION ?= 10m
+soak:
+	scripts/deps.sh --if-missing
+	$(MAKE) all-kernels
+	VB_SOAK_DURATION=$(DURATION) $(PYTHON) selftests/runner.py --cases selftests/soak \
+		-v $(SOAK_ARGS)
 
 lint:
 	scripts/deps.sh --if-missing

@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # make lint: checkpatch --strict (from Debian's linux-source-6.12), sparse
-# (C=2) and W=1 builds on every kernel with headers, kernel-doc -none.
+# (C=2) and W=1 builds on every kernel with headers (and the arm64 ones
+# make cross-arm64 unpacked), kernel-doc -none.
 # Prints what each tool says; exits non-zero if any said anything.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,17 +60,28 @@ say checkpatch
 perl "$out/scripts/kernel-doc" -none $srcs > "$out/kernel-doc.log" 2>&1
 say kernel-doc
 
-for kdir in /lib/modules/*/build; do
-	[ -d "$kdir" ] || continue
-	kver=$(basename "$(dirname "$kdir")")
+# build KDIR KVER [make arguments]: W=1 and sparse on one kernel
+build() {
+	kdir=$1 kver=$2
+	shift 2
 	bdir="$top/$out/$kver"
 	rm -rf "$bdir"
 	mkdir -p "$bdir"
 	for f in Kbuild VERSION virtio_balloon.c balloon_compaction.c include; do
 		ln -sfn "$top/$f" "$bdir/$f"
 	done
-	make -s -C "$kdir" M="$bdir" W=1 C=2 modules 2>&1 |
+	make -s -C "$kdir" M="$bdir" W=1 C=2 "$@" modules 2>&1 |
 		grep -v "^Skipping BTF generation" > "$out/build-$kver.log"
 	say "build-$kver"
+}
+
+for kdir in /lib/modules/*/build; do
+	[ -d "$kdir" ] || continue
+	build "$kdir" "$(basename "$(dirname "$kdir")")"
+done
+# arm64 headers that make cross-arm64 unpacked
+for kdir in build/arm64/root/usr/src/linux-headers-*; do
+	[ -f "$kdir/Makefile" ] && command -v aarch64-linux-gnu-gcc >/dev/null || continue
+	build "$top/$kdir" "${kdir##*/linux-headers-}" ARCH=arm64 CROSS_COMPILE=aarch64-linux-gnu-
 done
 exit $fail
