@@ -66,7 +66,7 @@ def case_integrity(t):
     files, stay intact through inflate, compaction and deflate cycles."""
     t.load_driver()
     avail = t.g.meminfo()["MemAvailable"] // 1024
-    hold = avail - 320
+    hold = avail - 352
     job = t.g.spawn(f"pattern hold {hold} 7")
     job.wait_output(r"^holding", timeout=240)
     t.g.check("tmpfill fill /tmp/sums 64 1024 && md5sum /tmp/sums/* > /tmp/md5",
