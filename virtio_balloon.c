@@ -145,7 +145,7 @@ static struct vb_uint_param report_order = {
 };
 module_param_cb(report_order, &vb_uint_param_ops, &report_order, 0444);
 MODULE_PARM_DESC(report_order,
-		 "Smallest free block (buddy order) reported to the host with free page reporting; 0 keeps the kernel's default (pageblock order)");
+		 "Smallest free block (buddy order of guest pages) reported to the host with free page reporting; 0: 2 MiB blocks, or the pageblock order if smaller");
 
 static struct vb_uint_param batch = {
 	.val = VB_PFNS_PER_BUF, .min = 1, .max = VB_PFNS_PER_BUF,
@@ -1078,9 +1078,13 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 
 	while (vb_hint_cmd_id(vb) == id) {
 		if (!vb_hint_reap(vb)) {
-			/* Queue full: wait for the host, not in a spin. */
-			wait_event_timeout(vb->acked, vb_hint_reap(vb) ||
-					   test_bit(0, &h->reread), HZ);
+			/*
+			 * Queue full: the host is behind. No interrupt tells
+			 * when it catches up (see vb_init_vqs): look again in
+			 * 10 ms, sleeping, not in a spin.
+			 */
+			wait_event_timeout(vb->acked, test_bit(0, &h->reread),
+					   msecs_to_jiffies(10));
 			continue;
 		}
 		page = alloc_pages(VB_HINT_GFP, VB_HINT_ORDER);
@@ -1208,6 +1212,24 @@ static int vb_report(struct page_reporting_dev_info *pr,
 	return 0;
 }
 
+/*
+ * The default reporting order: 2 MiB blocks whatever the guest's page
+ * size (order 9 with 4 KiB pages, 7 with 16 KiB, 5 with 64 KiB), the size
+ * of the host's transparent huge pages. The kernel's own default, the
+ * pageblock order, is 32 MiB with 16 KiB pages: page reporting then waits
+ * for 32 such blocks free above the low watermark (1 GiB), which a small
+ * guest never has, and nothing is ever reported.
+ */
+static unsigned int vb_report_order(void)
+{
+	unsigned int order = READ_ONCE(report_order.val);
+
+	if (order)
+		return order;
+	return min_t(unsigned int, pageblock_order,
+		     ilog2(SZ_2M >> PAGE_SHIFT));
+}
+
 static int vb_reporting_init(struct vballoon *vb)
 {
 	if (!vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
@@ -1221,7 +1243,7 @@ static int vb_reporting_init(struct vballoon *vb)
 		return -ENOSPC;
 	}
 	vb->reporting.report = vb_report;
-	vb->reporting.order = READ_ONCE(report_order.val);
+	vb->reporting.order = vb_report_order();
 	return page_reporting_register(&vb->reporting);
 }
 
@@ -1548,10 +1570,13 @@ static int vb_init_vqs(struct vballoon *vb)
 		callbacks[VB_VQ_STATS] = vb_stats_request;
 		names[VB_VQ_STATS] = "stats";
 	}
-	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
-		callbacks[VB_VQ_HINT] = vb_ack;
+	/*
+	 * The free page queue gets no callback, hence no interrupt vector
+	 * and interrupts suppressed: the hint work reaps it by polling, and
+	 * a round of thousands of blocks costs no interrupt per block.
+	 */
+	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
 		names[VB_VQ_HINT] = "free_page_vq";
-	}
 	if (vb_has(vb, VIRTIO_BALLOON_F_REPORTING)) {
 		callbacks[VB_VQ_REPORTING] = vb_ack;
 		names[VB_VQ_REPORTING] = "reporting_vq";
