@@ -19,7 +19,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vbtest import initramfs, tap  # noqa: E402
+from vbtest import initramfs, platform, tap  # noqa: E402
 from vbtest.case import CaseFailure, Context, Skip, discover  # noqa: E402
 from vbtest.guest import CaseTimeout, GuestDead, GuestError  # noqa: E402
 from vbtest.qmp import QMPError  # noqa: E402
@@ -36,7 +36,8 @@ def parse_args():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", action="append", metavar="KVER",
                    help="kernel to test (repeatable); default: every /boot/vmlinuz-KVER "
-                        "with a module to test")
+                        "with a module to test, and the arm64 kernels unpacked under "
+                        "build/arm64/root (scripts/arm64.sh --guest)")
     p.add_argument("--driver", choices=["vballoon", "virtio_balloon"], default="vballoon",
                    help="module under test; virtio_balloon = the kernel's in-tree one")
     p.add_argument("--module", metavar="PATH",
@@ -59,16 +60,17 @@ def parse_args():
 def find_kernels(args):
     """[(kver, module path)] to test."""
     explicit = bool(args.kernel)
-    kvers = args.kernel or sorted(p.name[len("vmlinuz-"):]
-                                  for p in Path("/boot").glob("vmlinuz-*"))
+    kvers = args.kernel or [k for k in platform.all_kernels()
+                            if platform.available(platform.platform_of(k))]
     vermagic = None
     if args.module:
         info = initramfs.modinfo(initramfs.read_module(args.module))
         vermagic = info.get("vermagic", "").split(" ")[0]
     out = []
     for kver in kvers:
-        if not Path(f"/boot/vmlinuz-{kver}").exists():
-            sys.exit(f"runner: no /boot/vmlinuz-{kver}")
+        plat = platform.platform_of(kver)
+        if not plat.kernel(kver).exists():
+            sys.exit(f"runner: no {plat.kernel(kver)}")
         if args.module:
             if vermagic != kver:
                 if explicit:
@@ -142,7 +144,7 @@ class Runner:
                 boots += 1
                 vm, boot_fail = boot(kver, initrd, spec.config,
                                      self.rundir / f"{kver}-g{gid:02d}-b{boots}",
-                                     self.accel, log=self.boot_log)
+                                     self.accel_for(kver), log=self.boot_log)
                 if vm:
                     self.rep.boot(kver, vm.boot_time)
                     with self.lock:
@@ -162,6 +164,12 @@ class Runner:
                 vm = None
         if vm:
             self.stop(vm)
+
+    def accel_for(self, kver):
+        """KVM only for guests of the host's own architecture."""
+        if platform.platform_of(kver).name != os.uname().machine:
+            return "tcg"
+        return self.accel
 
     def boot_log(self, msg):
         self.failed = True      # keep the logs of a flaky boot
@@ -230,24 +238,29 @@ def main():
     specs = discover(args.cases) if args.cases else discover()
     kernels = find_kernels(args)
     items = [(kver, s) for kver, _ in kernels for s in specs
-             if not args.filter or any(f in f"{kver}/{s.name}" for f in args.filter)]
+             if platform.platform_of(kver).name in s.arches and
+             (not args.filter or any(f in f"{kver}/{s.name}" for f in args.filter))]
     if args.list:
         for kver, s in items:
             print(f"{kver}/{s.name}  [{s.config.describe()}]")
         return 0
 
     t_start = time.monotonic()
-    progs = initramfs.build_guest_programs(BUILD / "bin")
     images = {}
     for kver, ko in kernels:
+        if not any(k == kver for k, _ in items):
+            continue
+        plat = platform.platform_of(kver)
+        progs = initramfs.build_guest_programs(BUILD / f"bin-{plat.name}", plat)
         images[kver] = initramfs.build_initramfs(kver, ko, BUILD / "initramfs", progs)
 
     rundir = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
     rundir.mkdir(parents=True, exist_ok=True)
     accel = args.accel
+    native = [k for k in images if platform.platform_of(k).name == os.uname().machine]
     if accel is None:
-        kver0 = kernels[0][0]
-        accel = probe_kvm(kver0, images[kver0][0], rundir / "kvm-probe")
+        accel = probe_kvm(native[0], images[native[0]][0], rundir / "kvm-probe") \
+            if native else "tcg"
     rep = Reporter(len(items), args.verbose)
     print(f"# accel {accel}, driver {', '.join(sorted({d for _, d in images.values()}))}, "
           f"run dir {rundir}", flush=True)

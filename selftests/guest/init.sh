@@ -2,7 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 # /init of the selftests guest: mount the usual file systems, load the virtio
 # transport (listed by the host in /etc/modules, dependencies first), then
-# become the command agent on ttyS1.  The balloon driver is loaded by the cases.
+# become the command agent on the device named by vbagent= on the kernel
+# command line (ttyS1 on x86, the virtio console hvc0 on arm64).  The
+# balloon driver is loaded by the cases.
 export PATH=/bin HOME=/tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -16,5 +18,9 @@ while read -r m; do
 	[ -n "$m" ] || continue
 	insmod "/lib/modules/$m" || echo "init: insmod $m failed"
 done </etc/modules
-echo "init: $(cat /proc/sys/kernel/osrelease) up in $(cut -d' ' -f1 /proc/uptime) s, agent on ttyS1"
-exec /bin/agent /dev/ttyS1
+agent=/dev/ttyS1
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in vbagent=*) agent=${arg#vbagent=} ;; esac
+done
+echo "init: $(cat /proc/sys/kernel/osrelease) up in $(cut -d' ' -f1 /proc/uptime) s, agent on $agent"
+exec /bin/agent "$agent"

@@ -7,12 +7,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .platform import page_size
 from .qmp import BALLOON_QOM
 from .vm import VMConfig
 
 MiB = 1 << 20
 GiB = 1 << 30
 CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
+# Guest architectures a case runs on (selftests/vbtest/platform.py); most
+# run on x86_64 only, the core set on arm64 (16 KiB pages) too.
+X86_ONLY = ("x86_64",)
+ALL_ARCHES = ("x86_64", "arm64")
 
 
 class CaseFailure(Exception):
@@ -35,6 +40,7 @@ class Spec:
     params: dict = field(default_factory=dict)
     variant: str = ""
     topic: str = ""
+    arches: tuple = X86_ONLY
 
     def group_key(self, kver):
         """Specs with the same key may share one booted guest."""
@@ -42,7 +48,7 @@ class Spec:
 
 
 def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
-         timeout=300, allow_oom=False, fresh=False, variants=None):
+         timeout=300, allow_oom=False, fresh=False, variants=None, arches=X86_ONLY):
     """Declare a case_* function's guest configuration.
 
     mem       guest RAM in MiB
@@ -52,6 +58,7 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
     timeout   seconds for the whole case (boot not included)
     allow_oom tolerate the Call Trace of OOM-killer reports on the console
     fresh     run in a guest of its own (no sharing with other cases)
+    arches    guest architectures to run on (X86_ONLY or ALL_ARCHES)
     variants  {suffix: overrides}: run once per entry as "name[suffix]";
               overrides may hold mem, smp, device, cmdline, qemu_args (merged
               into the above) and params (a dict handed to the case as t.params)
@@ -65,7 +72,7 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
             params = over.pop("params", {})
             specs.append(Spec(f"{base}[{suffix}]" if suffix else base, func,
                               cfg.merged(**over), timeout, allow_oom, fresh,
-                              params, suffix))
+                              params, suffix, arches=tuple(arches)))
         func.vbtest_specs = specs
         return func
     return wrap
@@ -98,7 +105,9 @@ class Context:
     """What a case function gets (conventionally named t).
 
     Attributes: kver, driver (module name), spec, config, params, vm, g
-    (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path).
+    (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path),
+    page (the guest's page size in bytes; the balloon protocol counts 4 KiB
+    units whatever it is, sysfs *_pages and /proc/vmstat count guest pages).
     """
 
     def __init__(self, spec, vm, kver, driver, verbose=False):
@@ -108,6 +117,7 @@ class Context:
         self.g = vm.guest
         self.qmp = vm.qmp
         self.mem = spec.config.mem * MiB
+        self.page = page_size(kver)
         self.balloon_qom = BALLOON_QOM
         self.notes = []
         self.verbose = verbose

@@ -81,8 +81,9 @@ class Guest:
     passed, CaseTimeout is raised.
     """
 
-    def __init__(self, sock_path):
+    def __init__(self, sock_path, page_kb=4):
         self.sock_path = str(sock_path)
+        self.page_kb = page_kb          # the guest's page size in kB
         self.sock = None
         self.buf = b""
         self.next_id = 0
@@ -217,7 +218,7 @@ class Guest:
         out = self.check(f"{drop}grep MemFree: /proc/meminfo; "
                          "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
         memfree, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
-        return int(memfree) + int(pcp) * 4
+        return int(memfree) + int(pcp) * self.page_kb
 
     def available_kb(self):
         """MemAvailable plus the pages on the per-CPU free lists, in kB.
@@ -229,7 +230,7 @@ class Guest:
         out = self.check("grep MemAvailable: /proc/meminfo; "
                          "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
         avail, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
-        return int(avail) + int(pcp) * 4
+        return int(avail) + int(pcp) * self.page_kb
 
     def vmstat(self):
         """/proc/vmstat as {key: int}."""

@@ -12,9 +12,11 @@ import re
 import subprocess
 from pathlib import Path
 
+from .platform import X86_64, platform_of
+
 SELFTESTS = Path(__file__).resolve().parent.parent
 GUEST_SRC = SELFTESTS / "guest"
-BUSYBOX = Path("/bin/busybox")
+BUSYBOX = X86_64.busybox
 
 # Loaded by /init (with their dependencies) unless built in.
 TRANSPORT = ["virtio", "virtio_ring", "virtio_pci_legacy_dev",
@@ -24,8 +26,9 @@ CFLAGS = ["-static", "-O2", "-Wall", "-Wextra"]
 KEEP_IMAGES = 4
 
 
-def build_guest_programs(outdir):
-    """Compile selftests/guest/*.c into outdir (when stale); {name: path}."""
+def build_guest_programs(outdir, plat=X86_64):
+    """Compile selftests/guest/*.c for plat into outdir (when stale);
+    {name: path}."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     progs = {}
@@ -33,7 +36,7 @@ def build_guest_programs(outdir):
         exe = outdir / src.stem
         if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
             tmp = exe.with_suffix(".tmp")
-            subprocess.run(["gcc", *CFLAGS, "-o", str(tmp), str(src)], check=True)
+            subprocess.run([plat.cc, *CFLAGS, "-o", str(tmp), str(src)], check=True)
             os.replace(tmp, exe)
         progs[src.stem] = exe
     return progs
@@ -70,10 +73,11 @@ def modinfo(data):
 
 
 class KernelModules:
-    """modules.dep / modules.builtin of one installed kernel."""
+    """modules.dep / modules.builtin of one kernel (installed, or unpacked
+    for another architecture)."""
 
     def __init__(self, kver):
-        self.root = Path("/lib/modules") / kver
+        self.root = platform_of(kver).modules(kver)
         self.deps = {}
         self.paths = {}
         for line in (self.root / "modules.dep").read_text().splitlines():
@@ -154,6 +158,7 @@ def build_initramfs(kver, driver_ko, cachedir, progs):
     transport; the balloon module itself is not.
     """
     kmods = KernelModules(kver)
+    plat = platform_of(kver)
     drv = read_module(driver_ko)
     drv_name = modinfo(drv).get("name") or module_name(driver_ko)
     drv_deps = [d for d in modinfo(drv).get("depends", "").split(",") if d]
@@ -166,7 +171,9 @@ def build_initramfs(kver, driver_ko, cachedir, progs):
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3, 0o666)
     c.file("init", (GUEST_SRC / "init.sh").read_bytes(), 0o755)
-    c.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
+    c.file("bin/busybox", plat.busybox.read_bytes(), 0o755)
+    # The applet list comes from the host's busybox-static: an arm64 one
+    # cannot run here, and Debian builds both from the same configuration.
     applets = subprocess.run([str(BUSYBOX), "--list"], check=True,
                              stdout=subprocess.PIPE, text=True).stdout.split()
     for a in sorted(set(applets) - set(progs) - {"busybox"}):

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .guest import Guest
+from .platform import page_size, platform_of
 from .qmp import QMP
 
-QEMU = "qemu-system-x86_64"
 # Passed explicitly so results do not depend on QEMU's version defaults.
 DEVICE_DEFAULTS = {"deflate-on-oom": "off", "page-poison": "on",
                    "free-page-reporting": "off"}
-BASE_CMDLINE = "console=ttyS0,115200 panic=-1 loglevel=7 mitigations=off"
+BASE_CMDLINE = "panic=-1 loglevel=7 mitigations=off"
 BOOT_TIMEOUT = 120
 
 
@@ -102,7 +102,7 @@ def console_problems(text, allow_oom=False):
 
 
 class Console:
-    """The guest's ttyS0, written by QEMU to a file."""
+    """The guest's first serial port, written by QEMU to a file."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -131,6 +131,7 @@ class VM:
 
     def __init__(self, kver, initrd, config, workdir, accel="tcg"):
         self.kver, self.initrd, self.config, self.accel = kver, initrd, config, accel
+        self.plat = platform_of(kver)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         # AF_UNIX paths are limited to 107 bytes
@@ -140,27 +141,27 @@ class VM:
         self.sockdir = sockdir
         self.console = Console(self.workdir / "console.log")
         self.qmp = QMP(sockdir / "qmp.sock")
-        self.guest = Guest(sockdir / "agent.sock")
+        self.guest = Guest(sockdir / "agent.sock", page_size(kver) // 1024)
         self.proc = None
         self.boot_time = None
 
     def argv(self):
-        c = self.config
+        c, p = self.config, self.plat
         if self.accel == "kvm":
             accel = ["-accel", "kvm", "-cpu", "max"]
         else:
             accel = ["-accel", "tcg,thread=single", "-cpu", "max"]
         dev = ",".join(["virtio-balloon-pci", "id=balloon0"] +
                        [f"{k}={v}" for k, v in c.device])
-        return [QEMU, *accel, "-m", f"{c.mem}M", "-smp", str(c.smp),
+        cmdline = f"console={p.console},115200 vbagent={p.agent_dev} {BASE_CMDLINE} {c.cmdline}"
+        return [p.qemu, *p.machine, *accel, "-m", f"{c.mem}M", "-smp", str(c.smp),
                 "-display", "none", "-nodefaults", "-no-user-config",
                 "-no-reboot", "-monitor", "none",
-                "-kernel", f"/boot/vmlinuz-{self.kver}", "-initrd", str(self.initrd),
-                "-append", f"{BASE_CMDLINE} {c.cmdline}".strip(),
+                "-kernel", str(p.kernel(self.kver)), "-initrd", str(self.initrd),
+                "-append", cmdline.strip(),
                 "-chardev", f"file,id=con,path={self.console.path}",
                 "-serial", "chardev:con",
-                "-chardev", f"socket,id=agent,path={self.sockdir}/agent.sock,server=on,wait=off",
-                "-serial", "chardev:agent",
+                *p.agent_args(f"{self.sockdir}/agent.sock"),
                 "-qmp", f"unix:{self.sockdir}/qmp.sock,server=on,wait=off",
                 "-device", dev, *c.qemu_args]
 
@@ -247,8 +248,12 @@ def boot(kver, initrd, config, workdir, accel, attempts=2, log=lambda s: None):
 
 
 def probe_kvm(kver, initrd, workdir, timeout=30):
-    """'kvm' if /dev/kvm exists and boots a guest within timeout, else 'tcg'."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    """'kvm' if /dev/kvm exists and boots a guest within timeout, else 'tcg'.
+
+    Only a guest of the host's own architecture can use KVM.
+    """
+    if platform_of(kver).name != os.uname().machine or \
+            not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     vm = VM(kver, initrd, VMConfig.make(mem=256, smp=1), workdir, accel="kvm")
     try:

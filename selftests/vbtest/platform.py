@@ -1,0 +1,94 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Guest architectures: what differs between an x86_64 and an arm64 guest.
+
+Everything else in the harness is the same for both; a kernel's platform
+follows from its release string (Debian's arm64 kernels end in -arm64 or
+-arm64-16k).  x86_64 kernels are the host's own, installed under /boot and
+/lib/modules; arm64 kernels are Debian's packages unpacked (not installed)
+under build/arm64/root by scripts/arm64.sh --guest.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+ARM64_ROOT = REPO / "build" / "arm64" / "root"
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str              # "x86_64" or "arm64"
+    root: Path             # where boot/vmlinuz-* and lib/modules/* live
+    qemu: str
+    machine: tuple         # QEMU machine/CPU arguments before -accel
+    console: str           # the guest's first serial port (its console)
+    agent_dev: str         # the guest device the agent talks on
+    cc: str                # compiler for the static guest programs
+    busybox: Path
+
+    def kernel(self, kver):
+        return self.root / "boot" / f"vmlinuz-{kver}"
+
+    def modules(self, kver):
+        return self.root / "lib" / "modules" / kver
+
+    def agent_args(self, sock):
+        """QEMU arguments for the agent's channel, a server socket at sock."""
+        chardev = f"socket,id=agent,path={sock},server=on,wait=off"
+        if self.name == "x86_64":
+            return ["-chardev", chardev, "-serial", "chardev:agent"]
+        # virt has one UART: the agent gets a virtio console (/dev/hvc0)
+        return ["-chardev", chardev, "-device", "virtio-serial-pci,id=vser0",
+                "-device", "virtconsole,chardev=agent,bus=vser0.0"]
+
+    def kernels(self):
+        """Release strings of the kernels of this platform found here."""
+        boot = self.root / "boot"
+        out = []
+        for p in sorted(boot.glob("vmlinuz-*")):
+            kver = p.name[len("vmlinuz-"):]
+            if platform_of(kver) is self and self.modules(kver).is_dir():
+                out.append(kver)
+        return out
+
+
+X86_64 = Platform("x86_64", Path("/"), "qemu-system-x86_64", (), "ttyS0",
+                  "/dev/ttyS1", "gcc", Path("/bin/busybox"))
+# GICv3 with its ITS, as arm64 cloud hosts have (virtio-pci devices with
+# MSI-X vectors use it).
+ARM64 = Platform("arm64", ARM64_ROOT, "qemu-system-aarch64",
+                 ("-M", "virt,gic-version=3"),
+                 "ttyAMA0", "/dev/hvc0", "aarch64-linux-gnu-gcc",
+                 ARM64_ROOT / "bin" / "busybox")
+PLATFORMS = (X86_64, ARM64)
+
+
+def platform_of(kver):
+    """The platform a kernel release string belongs to."""
+    if kver.endswith("-arm64") or kver.endswith("-arm64-16k"):
+        return ARM64
+    return X86_64
+
+
+def page_size(kver):
+    """The guest's page size in bytes, from the kernel's configuration."""
+    cfg = platform_of(kver).root / "boot" / f"config-{kver}"
+    if cfg.exists():
+        text = cfg.read_text()
+        for size, opt in ((16384, "CONFIG_ARM64_16K_PAGES=y"),
+                          (65536, "CONFIG_ARM64_64K_PAGES=y")):
+            if opt in text:
+                return size
+    return 4096
+
+
+def all_kernels():
+    """Every kernel of every platform with an image and modules here."""
+    return [k for p in PLATFORMS for k in p.kernels()]
+
+
+def available(plat):
+    """Whether this host can run guests of plat (QEMU and busybox there)."""
+    return any(os.access(Path(d) / plat.qemu, os.X_OK)
+               for d in os.environ.get("PATH", "/usr/bin").split(":")) \
+        and plat.busybox.exists()
