@@ -6,6 +6,8 @@
 #   make all-kernels      build for every kernel with headers installed,
 #                         into build/<kver>/vballoon.ko
 #   make check            install what is missing, build, run the suite
+#                         (x86 kernels and the arm64 16k-page guest)
+#   make check-arm64      the arm64 cases on both arm64 flavours (16k, 4k)
 #   make run              boot a throwaway guest and balloon it live
 #   make bench            in-tree driver and vballoon side by side
 #   make soak DURATION=30m  everything at once on every kernel, then a summary
@@ -34,7 +36,8 @@ KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
-.PHONY: all modules clean all-kernels cross-arm64 check check-distro deps run bench soak lint \
+.PHONY: all modules clean all-kernels cross-arm64 check check-arm64 check-distro deps run \
+	bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
 
 all: modules
@@ -66,11 +69,25 @@ cross-arm64:
 deps:
 	scripts/deps.sh
 
+# The x86 kernels installed here, and arm64 guests of CHECK_ARM64 (Debian's
+# kernel packages unpacked under build/arm64/root, the module cross-built).
+CHECK_ARM64 ?= arm64-16k
 check:
 	scripts/deps.sh --if-missing
 	$(MAKE) all-kernels
-	$(PYTHON) selftests/runner.py $(CHECK_ARGS)
+	$(MAKE) cross-arm64 ARM64_FLAVOURS="$(CHECK_ARM64)"
+	$(PYTHON) selftests/runner.py \
+		$(foreach k,$(KERNELS),$(if $(wildcard /boot/vmlinuz-$(k)),--kernel $(k))) \
+		$$(scripts/arm64.sh --guest $(CHECK_ARM64) | sed 's/^/--kernel /') $(CHECK_ARGS)
 	$(PYTHON) selftests/distro.py $(DISTRO_ARGS)
+
+# The cases that run on arm64 (selftests/cases, arches=ALL_ARCHES), on the
+# 16k and the 4k page flavours.
+check-arm64:
+	scripts/deps.sh --if-missing
+	$(MAKE) cross-arm64 ARM64_FLAVOURS="arm64-16k arm64"
+	$(PYTHON) selftests/runner.py \
+		$$(scripts/arm64.sh --guest arm64-16k arm64 | sed 's/^/--kernel /') $(CHECK_ARGS)
 
 # The Debian package on this machine, then a Debian 12 guest booting with it.
 check-distro:

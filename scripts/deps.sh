@@ -6,7 +6,8 @@
 set -eu
 
 PKGS="build-essential kmod cpio xz-utils zstd python3 sparse busybox-static \
-qemu-system-x86 qemu-utils \
+qemu-system-x86 qemu-system-arm qemu-utils \
+gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
 linux-image-amd64 linux-headers-amd64 \
 linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 linux-source-6.12 \

@@ -2,7 +2,7 @@
 """Free page hinting (live migration) and free page reporting (host RSS)."""
 import time
 
-from vbtest import MiB, case, virtio
+from vbtest import ALL_ARCHES, MiB, case, virtio
 from vbtest.migration import check_console, migrate, sibling, verify_pattern
 from vbtest.vm import console_problems
 
@@ -19,11 +19,19 @@ def dirty_and_free(g, mib):
     g.check("tmpfill clear /tmp/dirty", timeout=60)
 
 
-@case(timeout=600, fresh=True, **HINT)
+@case(timeout=600, fresh=True, arches=ALL_ARCHES, **HINT)
 def case_hint_migration(t):
     """Migrating with free page hinting skips the guest's free memory: the
     RAM sent shrinks by at least 70% against the same guest without hints;
     the migrated guest resumes with its data intact and a working balloon."""
+    if t.vm.plat.name == "arm64" and t.vm.accel == "tcg":
+        # QEMU 7.2 raises the balloon's interrupt (INTx: virtio-balloon-pci
+        # has no MSI-X vectors) from its hinting iothread without its big
+        # lock; the arm GIC under TCG asserts that lock and QEMU aborts
+        # ("gicv3_cpuif_update: assertion failed") at the first hinted
+        # block, with the in-tree virtio_balloon as with vballoon. On x86
+        # the interrupt goes through the IOAPIC's MSI write, which takes it.
+        t.skip("QEMU 7.2 aborts free page hinting on arm64 under TCG")
     dev = t.load_driver()
     t.check(t.g.features(dev) & virtio.bit("FREE_PAGE_HINT"), "FREE_PAGE_HINT not negotiated")
     job = t.g.spawn("pattern hold 64 11")
@@ -39,7 +47,7 @@ def case_hint_migration(t):
         t.log(f"sysfs: {b['hint_rounds']} hint rounds, {b['hinted_pages']} pages hinted")
         t.check(b["hint_rounds"] >= 1, "sysfs hint_rounds stayed 0")
         # the 600 MiB written and freed were hinted, and not sent
-        t.check(b["hinted_pages"] * 4096 >= 500 * MiB,
+        t.check(b["hinted_pages"] * t.page >= 500 * MiB,
                 f"sysfs hinted_pages {b['hinted_pages']}")
 
     # The same guest and workload on a device without hinting.
@@ -129,7 +137,7 @@ def rss_kb(t):
     return t.rss()["VmRSS"]
 
 
-@case(timeout=300, fresh=True, device=REPORT)
+@case(timeout=300, fresh=True, device=REPORT, arches=ALL_ARCHES)
 def case_report(t):
     """Free page reporting: memory the guest frees goes back to the host
     within 10 s (QEMU's RSS falls by >= 90% of it)."""
@@ -141,16 +149,21 @@ def case_report(t):
     before = rss_kb(t)
     rep0 = t.bsys() if t.driver == "vballoon" else None
     t.g.check("tmpfill clear /tmp/dirty", timeout=60)
+    # Blocks of 2 MiB are reported: 512 pages of 4 KiB, or 128 of 16 KiB,
+    # where a few tmpfs pages left behind keep more blocks back (89-93%
+    # measured on arm64-16k).
+    share = 0.9 if t.page == 4096 else 0.85
     t0 = time.monotonic()
     drop = 0
     while time.monotonic() - t0 < 10:
         drop = before - rss_kb(t)
-        if drop >= 0.9 * 600 * 1024:
+        if drop >= share * 600 * 1024:
             break
         time.sleep(0.25)
     t.log(f"RSS fell by {drop // 1024} MiB in {time.monotonic() - t0:.1f} s")
-    t.check(drop >= 0.9 * 600 * 1024,
-            f"QEMU RSS fell by {drop // 1024} MiB within 10 s, want >= 540 MiB")
+    t.check(drop >= share * 600 * 1024,
+            f"QEMU RSS fell by {drop // 1024} MiB within 10 s, want >= "
+            f"{int(share * 600)} MiB")
     if rep0:
         rep = t.bsys()
         got = rep["reported_bytes"] - rep0["reported_bytes"]
@@ -201,7 +214,7 @@ def case_report_busy(t):
     job.signal("TERM")
 
 
-@case()
+@case(arches=ALL_ARCHES)
 def case_report_order(t):
     """report_order: out of range fails the load naming it; a valid value
     is taken."""

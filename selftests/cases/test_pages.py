@@ -2,13 +2,7 @@
 """Balloon pages: compaction moves them, data survives, unload returns them."""
 import time
 
-from vbtest import MiB, case
-
-PAGE = 4096
-
-
-def pages(nbytes):
-    return nbytes // PAGE
+from vbtest import ALL_ARCHES, MiB, case
 
 
 def compact_until_migrated(t, tries=5):
@@ -29,7 +23,7 @@ def fragment(t, files):
     t.g.check(f"tmpfill fill /tmp/frag {files} 1024", timeout=180)
 
 
-@case(timeout=400)
+@case(timeout=400, arches=ALL_ARCHES)
 def case_compaction(t):
     """Compaction migrates balloon pages: balloon_migrate rises, the host is
     told (inflate new, deflate old) so actual and MemTotal do not move, and
@@ -54,13 +48,13 @@ def case_compaction(t):
     t.g.check("tmpfill clear /tmp/frag", timeout=120)
     t.balloon(t.mem)
     v1 = t.g.vmstat()
-    t.eq(v1["balloon_inflate"] - v0["balloon_inflate"], pages(256 * MiB),
+    t.eq(v1["balloon_inflate"] - v0["balloon_inflate"], 256 * MiB // t.page,
          "balloon_inflate delta")
-    t.eq(v1["balloon_deflate"] - v0["balloon_deflate"], pages(256 * MiB),
+    t.eq(v1["balloon_deflate"] - v0["balloon_deflate"], 256 * MiB // t.page,
          "balloon_deflate delta")
 
 
-@case(timeout=600)
+@case(timeout=600, arches=ALL_ARCHES)
 def case_integrity(t):
     """A pattern over most of the guest's free memory, and checksummed tmpfs
     files, stay intact through inflate, compaction and deflate cycles."""
@@ -103,7 +97,7 @@ def case_integrity(t):
     job.signal("TERM")
 
 
-@case(timeout=400)
+@case(timeout=400, arches=ALL_ARCHES)
 def case_unload(t):
     """rmmod with a full balloon returns every page to the guest and tells
     the host (actual back to the full size); 20 load/unload cycles too,

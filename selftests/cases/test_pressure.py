@@ -3,13 +3,13 @@
 import re
 import time
 
-from vbtest import MiB, case
+from vbtest import ALL_ARCHES, MiB, case
 from vbtest.stats import compare_stats, wait_stats
 
 DOO_ON = {"deflate-on-oom": "on"}
 
 
-@case()
+@case(arches=ALL_ARCHES)
 def case_stats(t):
     """With a polling interval set, guest-stats refreshes and agrees with
     the guest's /proc/meminfo and /proc/vmstat, before and after inflating."""
@@ -129,7 +129,7 @@ def case_over_inflate_tmpfs(t):
     t.g.check("tmpfill clear /tmp/held", timeout=60)
 
 
-@case(timeout=300)
+@case(timeout=300, arches=ALL_ARCHES)
 def case_over_inflate_idle(t):
     """An idle 1 GiB guest asked for 32 MiB: same rules."""
     t.load_driver()

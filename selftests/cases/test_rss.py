@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0
 """The host gets ballooned memory back."""
-from vbtest import MiB, case
+from vbtest import ALL_ARCHES, MiB, case
 
 
-@case()
+@case(arches=ALL_ARCHES)
 def case_rss(t):
     """Dirty the guest's free memory, free it, inflate by 768 MiB: QEMU's RSS
     drops by >= 90% of that.
@@ -35,8 +35,12 @@ def case_rss(t):
             f"QEMU RSS dropped by {drop // 1024} MiB, want >= 90% of "
             f"{balloon_kb // 1024} MiB ({rss0['VmRSS'] // 1024} -> {rss1['VmRSS'] // 1024} MiB)")
     t.log(f"RSS drop {drop // 1024} MiB for a {balloon_kb // 1024} MiB balloon")
-    # guest side: the pages came out of its free memory
-    t.near(t.g.free_kb(), free_before - balloon_kb, 8192, "guest free memory (kB) after inflating")
+    # guest side: the pages came out of its free memory (8 MiB of slack for
+    # what the guest allocates meanwhile; its per-CPU lists and batches
+    # count pages, so four times that with 16 KiB pages)
+    slack = 8192 * t.page // 4096
+    t.near(t.g.free_kb(), free_before - balloon_kb, slack,
+           "guest free memory (kB) after inflating")
 
     t.balloon(t.mem)
-    t.near(t.g.free_kb(), free_before, 8192, "guest free memory (kB) after deflating")
+    t.near(t.g.free_kb(), free_before, slack, "guest free memory (kB) after deflating")
