@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Legacy and modern virtio-pci, packed rings; page poisoning and init_on_free."""
+"""Legacy and modern virtio-pci, virtio-mmio, packed rings; page poisoning
+and init_on_free."""
 import time
 
 from vbtest import MiB, case, virtio
@@ -29,14 +30,25 @@ def targets_and_stats(t):
     "legacy": dict(device={"disable-modern": "on", "disable-legacy": "off"}),
     "modern": dict(device={"disable-legacy": "on"}),
     "packed": dict(device={"disable-legacy": "on", "packed": "on"}),
+    # QEMU's microvm: no PCI, the balloon on virtio-mmio found through ACPI
+    "mmio": dict(machine="microvm"),
 })
 def case_transport(t):
     """Legacy devices keep guest-native virtqueue data but little-endian
     balloon config; modern ones are little-endian throughout. Both (and
-    packed rings) must reach targets and serve stats."""
+    packed rings, and virtio-mmio) must reach targets and serve stats."""
     dev = t.load_driver()
     feats = t.g.features(dev)
+    offered, negotiated, _ = virtio.host_view(t.qmp)
+    t.eq(hex(feats), hex(negotiated), "guest sysfs features vs host's negotiated features")
     legacy = t.config.dev.get("disable-modern") == "on"
+    if t.config.mmio:
+        # QEMU 7.2's virtio-mmio is legacy (version 1) unless told otherwise
+        legacy = not offered & virtio.bit("VIRTIO_F_VERSION_1")
+        bus = t.g.check(f"readlink -f {dev}/..").strip()
+        t.check("virtio-mmio" in bus or "LNRO0005" in bus,
+                f"the balloon is not on virtio-mmio: {bus}")
+        t.log(f"balloon on {bus}, {'legacy' if legacy else 'modern'} virtio-mmio")
     t.eq(bool(feats & virtio.bit("VIRTIO_F_VERSION_1")), not legacy,
          "VIRTIO_F_VERSION_1 negotiated")
     if t.config.dev.get("packed") == "on":

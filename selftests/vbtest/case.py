@@ -48,7 +48,8 @@ class Spec:
 
 
 def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
-         timeout=300, allow_oom=False, fresh=False, variants=None, arches=X86_ONLY):
+         timeout=300, allow_oom=False, fresh=False, variants=None, arches=X86_ONLY,
+         machine=""):
     """Declare a case_* function's guest configuration.
 
     mem       guest RAM in MiB
@@ -59,13 +60,14 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
     allow_oom tolerate the Call Trace of OOM-killer reports on the console
     fresh     run in a guest of its own (no sharing with other cases)
     arches    guest architectures to run on (X86_ONLY or ALL_ARCHES)
+    machine   "" (virtio-pci) or "microvm" (x86, the balloon on virtio-mmio)
     variants  {suffix: overrides}: run once per entry as "name[suffix]";
-              overrides may hold mem, smp, device, cmdline, qemu_args (merged
+              overrides may hold mem, smp, device, cmdline, qemu_args, machine (merged
               into the above) and params (a dict handed to the case as t.params)
     """
     def wrap(func):
         base = name or func.__name__[len("case_"):]
-        cfg = VMConfig.make(mem, smp, device, cmdline, qemu_args)
+        cfg = VMConfig.make(mem, smp, device, cmdline, qemu_args, machine)
         specs = []
         for suffix, over in (variants or {"": {}}).items():
             over = dict(over)

@@ -20,7 +20,8 @@ BUSYBOX = X86_64.busybox
 
 # Loaded by /init (with their dependencies) unless built in.
 TRANSPORT = ["virtio", "virtio_ring", "virtio_pci_legacy_dev",
-             "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio"]
+             "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio",
+             "virtio_console"]
 
 CFLAGS = ["-static", "-O2", "-Wall", "-Wextra"]
 KEEP_IMAGES = 4

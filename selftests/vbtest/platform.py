@@ -32,13 +32,16 @@ class Platform:
     def modules(self, kver):
         return self.root / "lib" / "modules" / kver
 
-    def agent_args(self, sock):
-        """QEMU arguments for the agent's channel, a server socket at sock."""
+    def agent_args(self, sock, mmio=False):
+        """QEMU arguments for the agent's channel, a server socket at sock;
+        mmio: on virtio-mmio (microvm) rather than PCI."""
         chardev = f"socket,id=agent,path={sock},server=on,wait=off"
-        if self.name == "x86_64":
+        if self.name == "x86_64" and not mmio:
             return ["-chardev", chardev, "-serial", "chardev:agent"]
-        # virt has one UART: the agent gets a virtio console (/dev/hvc0)
-        return ["-chardev", chardev, "-device", "virtio-serial-pci,id=vser0",
+        # virt and microvm have one UART: the agent gets a virtio console
+        # (/dev/hvc0)
+        serial = "virtio-serial-device" if mmio else "virtio-serial-pci"
+        return ["-chardev", chardev, "-device", f"{serial},id=vser0",
                 "-device", "virtconsole,chardev=agent,bus=vser0.0"]
 
     def kernels(self):

@@ -27,6 +27,7 @@ class QMP:
         self._cond = threading.Condition()
         self._next_id = 0
         self._closed = False
+        self.virtio_path = BALLOON_QOM + "/virtio-backend"
         self._send_lock = threading.Lock()
 
     # -- connection -------------------------------------------------------
@@ -162,6 +163,6 @@ class QMP:
     def qom_set(self, path, prop, value):
         return self.cmd("qom-set", path=path, property=prop, value=value)
 
-    def virtio_status(self, path=BALLOON_QOM + "/virtio-backend"):
+    def virtio_status(self, path=None):
         """x-query-virtio-status: the host's view (offered/negotiated features)."""
-        return self.cmd("x-query-virtio-status", path=path)
+        return self.cmd("x-query-virtio-status", path=path or self.virtio_path)
