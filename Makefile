@@ -8,6 +8,8 @@
 #   make check            install what is missing, build, run the suite
 #                         (x86 kernels and the arm64 16k-page guest)
 #   make check-arm64      the arm64 cases on both arm64 flavours (16k, 4k)
+#   make check-debug      the x86 cases on a KASAN/lockdep/kmemleak/fault
+#                         injection 6.12 kernel built here (cached)
 #   make run              boot a throwaway guest and balloon it live
 #   make bench            in-tree driver and vballoon side by side
 #   make soak DURATION=30m  everything at once on every kernel, then a summary
@@ -36,7 +38,8 @@ KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
-.PHONY: all modules clean all-kernels cross-arm64 check check-arm64 check-distro deps run \
+.PHONY: all modules clean all-kernels cross-arm64 check check-arm64 check-debug check-distro \
+	deps run \
 	bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
 
@@ -88,6 +91,16 @@ check-arm64:
 	$(MAKE) cross-arm64 ARM64_FLAVOURS="arm64-16k arm64"
 	$(PYTHON) selftests/runner.py \
 		$$(scripts/arm64.sh --guest arm64-16k arm64 | sed 's/^/--kernel /') $(CHECK_ARGS)
+
+# A 6.12 kernel with KASAN, lockdep, DEBUG_VM, kmemleak and fault injection
+# (scripts/debug-kernel.sh, built once into build/debug), vballoon built
+# against it, and every x86 case plus the kmemleak and fault injection ones.
+check-debug:
+	scripts/deps.sh --if-missing
+	@set -e; kver=$$(scripts/debug-kernel.sh); b=build/$$kver; mkdir -p $$b; \
+	for f in $(SRCS); do ln -sfn $(CURDIR)/$$f $$b/$$f; done; \
+	$(MAKE) -C build/debug/obj M=$(CURDIR)/$$b modules; \
+	$(PYTHON) selftests/runner.py --kernel $$kver $(CHECK_ARGS)
 
 # The Debian package on this machine, then a Debian 12 guest booting with it.
 check-distro:

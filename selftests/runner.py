@@ -238,7 +238,7 @@ def main():
     specs = discover(args.cases) if args.cases else discover()
     kernels = find_kernels(args)
     items = [(kver, s) for kver, _ in kernels for s in specs
-             if platform.platform_of(kver).name in s.arches and
+             if platform.runs_on(kver, s.arches) and
              (not args.filter or any(f in f"{kver}/{s.name}" for f in args.filter))]
     if args.list:
         for kver, s in items:

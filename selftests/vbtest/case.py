@@ -18,6 +18,7 @@ CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
 # run on x86_64 only, the core set on arm64 (16 KiB pages) too.
 X86_ONLY = ("x86_64",)
 ALL_ARCHES = ("x86_64", "arm64")
+DEBUG_ONLY = ("debug",)         # make check-debug's kernel only
 
 
 class CaseFailure(Exception):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ARM64_ROOT = REPO / "build" / "arm64" / "root"
+DEBUG_ROOT = REPO / "build" / "debug" / "root"
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Platform:
     agent_dev: str         # the guest device the agent talks on
     cc: str                # compiler for the static guest programs
     busybox: Path
+    tags: tuple = ()       # what @case(arches=...) may name besides name
 
     def kernel(self, kver):
         return self.root / "boot" / f"vmlinuz-{kver}"
@@ -63,6 +65,12 @@ ARM64 = Platform("arm64", ARM64_ROOT, "qemu-system-aarch64",
                  ("-M", "virt,gic-version=3"),
                  "ttyAMA0", "/dev/hvc0", "aarch64-linux-gnu-gcc",
                  ARM64_ROOT / "bin" / "busybox")
+# The debug kernel of make check-debug (scripts/debug-kernel.sh): x86_64,
+# built here, installed under build/debug/root. Every x86_64 case runs on
+# it, and the cases for "debug" (kmemleak, fault injection) only there.
+X86_DEBUG = Platform("x86_64", DEBUG_ROOT, "qemu-system-x86_64", (), "ttyS0",
+                     "/dev/ttyS1", "gcc", Path("/bin/busybox"), ("debug",))
+# Found without --kernel; the debug kernel is asked for by name.
 PLATFORMS = (X86_64, ARM64)
 
 
@@ -70,7 +78,15 @@ def platform_of(kver):
     """The platform a kernel release string belongs to."""
     if kver.endswith("-arm64") or kver.endswith("-arm64-16k"):
         return ARM64
+    if kver.endswith("-vbdebug"):
+        return X86_DEBUG
     return X86_64
+
+
+def runs_on(kver, arches):
+    """Whether a case declared for arches runs on kver's guests."""
+    plat = platform_of(kver)
+    return plat.name in arches or any(t in arches for t in plat.tags)
 
 
 def page_size(kver):
