@@ -15,6 +15,13 @@ HINT_REPORT = dict(device={"free-page-hint": "on", "iothread": "io0",
                    qemu_args=["-object", "iothread,id=io0"])
 
 
+def big_target(t):
+    """A target that leaves the guest 128 MiB of what it has available
+    (KASAN's shadow takes an eighth of the RAM; the floor stops a fixed
+    figure short)."""
+    return t.mem - (t.g.meminfo()["MemAvailable"] // 1024 - 128) * MiB
+
+
 def leaks(t):
     """kmemleak's unreferenced objects after two scans (an object must be
     seen unreferenced in a scan at least 5 s after it was allocated)."""
@@ -33,7 +40,7 @@ def case_kmemleak(t):
     mi0 = t.g.meminfo()
     t.load_driver()
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
-    t.balloon(320 * MiB, timeout=600)
+    t.balloon(big_target(t), timeout=600)
     t.balloon(t.mem, timeout=600)
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 0)
     t.unload_driver()
@@ -48,7 +55,7 @@ def module_range(t, name):
     for line in t.g.read("/proc/modules").splitlines():
         f = line.split()
         if f[0] == name:
-            start = int(f[-1], 16)
+            start = int(next(x for x in f if x.startswith("0x")), 16)
             t.check(start, "/proc/modules shows no address (kptr_restrict?)")
             return start, start + int(f[1])
     t.fail(f"{name} not in /proc/modules")
@@ -57,14 +64,15 @@ def module_range(t, name):
 def inject(t, start, end, probability):
     """Fail page and slab allocations whose call stack passes through
     [start, end) (the driver), with probability percent, silently."""
-    for d in FAULTS:
-        for k, v in (("probability", probability), ("interval", 1), ("times", -1),
-                     ("space", 0), ("verbose", 0), ("task-filter", "N"),
-                     ("stacktrace-depth", 32), ("require-start", start),
-                     ("require-end", end), ("ignore-gfp-wait", "N")):
-            t.g.check(f"echo {v} > {d}/{k}")
     t.g.check(f"echo N > {FAULTS[0]}/ignore-gfp-highmem; "
               f"echo 0 > {FAULTS[0]}/min-order")
+    # the filter first, the probability last: nothing else may fail
+    for d in FAULTS:
+        for k, v in (("verbose", 0), ("task-filter", "N"), ("stacktrace-depth", 32),
+                     ("require-start", start), ("require-end", end),
+                     ("ignore-gfp-wait", "N"), ("interval", 1), ("space", 0),
+                     ("times", -1), ("probability", probability)):
+            t.g.check(f"echo {v} > {d}/{k}")
 
 
 def stop_injecting(t):
@@ -90,14 +98,16 @@ def case_fault_injection(t):
 
     # inflate under injection: failures counted, the balloon moves anyway
     # or waits; no busy loop, no warning
-    t.qmp.balloon(384 * MiB)
+    target = big_target(t)
+    t.qmp.balloon(target)
     time.sleep(30)
     a = t.bsys()
     t.log(f"after 30 s of injected failures: balloon {a['actual_pages'] * t.page // MiB} "
           f"MiB, alloc_failures {a['alloc_failures']}, refusals {a['refusals']}")
     t.check(a["alloc_failures"] >= 1, "no allocation failure counted under injection")
 
-    # hinting and reporting under injection
+    # deflate, then hinting and reporting, all under injection
+    t.balloon(t.mem, timeout=600)
     t.g.check("mount -o remount,size=90% /tmp")
     t.g.check("tmpfill fill /tmp/dirty 200 1024 && tmpfill clear /tmp/dirty", timeout=300)
     migrate(t.qmp, "exec:cat > /dev/null", 4 << 30)
@@ -109,7 +119,7 @@ def case_fault_injection(t):
 
     # recovery
     stop_injecting(t)
-    t.balloon(384 * MiB, timeout=600)
+    t.balloon(target, timeout=600)
     t.balloon(t.mem, timeout=600)
     t.unload_driver()
     v = t.g.vmstat()
