@@ -167,9 +167,7 @@ class Runner:
 
     def accel_for(self, kver):
         """KVM only for guests of the host's own architecture."""
-        if platform.platform_of(kver).name != os.uname().machine:
-            return "tcg"
-        return self.accel
+        return self.accel if platform.native(kver) else "tcg"
 
     def boot_log(self, msg):
         self.failed = True      # keep the logs of a flaky boot
@@ -257,7 +255,7 @@ def main():
     rundir = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
     rundir.mkdir(parents=True, exist_ok=True)
     accel = args.accel
-    native = [k for k in images if platform.platform_of(k).name == os.uname().machine]
+    native = [k for k in images if platform.native(k)]
     if accel is None:
         accel = probe_kvm(native[0], images[native[0]][0], rundir / "kvm-probe") \
             if native else "tcg"

@@ -206,6 +206,13 @@ class Guest:
             out[key] = int(rest.split()[0])
         return out
 
+    def _plus_pcp(self, field, drop=""):
+        """A /proc/meminfo field in kB plus the pages on the per-CPU lists."""
+        out = self.check(f"{drop}grep {field}: /proc/meminfo; "
+                         "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
+        kb, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
+        return int(kb) + int(pcp) * self.page_kb
+
     def free_kb(self, drop_caches=False):
         """Free memory in kB including the per-CPU page lists.
 
@@ -215,10 +222,7 @@ class Guest:
         first drops clean page cache and slab, for comparisons over time.
         """
         drop = "sync; echo 3 > /proc/sys/vm/drop_caches; " if drop_caches else ""
-        out = self.check(f"{drop}grep MemFree: /proc/meminfo; "
-                         "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
-        memfree, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
-        return int(memfree) + int(pcp) * self.page_kb
+        return self._plus_pcp("MemFree", drop)
 
     def available_kb(self):
         """MemAvailable plus the pages on the per-CPU free lists, in kB.
@@ -227,10 +231,7 @@ class Guest:
         after a process exits, free all the same (the next allocations take
         them first).
         """
-        out = self.check("grep MemAvailable: /proc/meminfo; "
-                         "awk '$1 == \"count:\" { n += $2 } END { print n }' /proc/zoneinfo")
-        avail, pcp = out.split("\n")[0].split()[1], out.split("\n")[1]
-        return int(avail) + int(pcp) * self.page_kb
+        return self._plus_pcp("MemAvailable")
 
     def vmstat(self):
         """/proc/vmstat as {key: int}."""

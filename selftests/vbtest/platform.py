@@ -98,6 +98,11 @@ def runs_on(kver, arches):
     return plat.name in arches or any(t in arches for t in plat.tags)
 
 
+def native(kver):
+    """Whether kver's guests have the host's architecture (KVM possible)."""
+    return platform_of(kver).name == os.uname().machine
+
+
 def page_size(kver):
     """The guest's page size in bytes, from the kernel's configuration."""
     cfg = platform_of(kver).root / "boot" / f"config-{kver}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .guest import Guest
-from .platform import page_size, platform_of
+from .platform import native, page_size, platform_of
 from .qmp import BALLOON_QOM, QMP
 
 # Passed explicitly so results do not depend on QEMU's version defaults.
@@ -275,8 +275,7 @@ def probe_kvm(kver, initrd, workdir, timeout=30):
 
     Only a guest of the host's own architecture can use KVM.
     """
-    if platform_of(kver).name != os.uname().machine or \
-            not os.access("/dev/kvm", os.R_OK | os.W_OK):
+    if not native(kver) or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
     vm = VM(kver, initrd, VMConfig.make(mem=256, smp=1), workdir, accel="kvm")
     try:
