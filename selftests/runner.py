@@ -231,6 +231,20 @@ class Runner:
             vm.stop()
 
 
+def new_rundir(name):
+    """A run directory of its own: two runners started in the same second
+    shared one, and the first to finish removed it under the other."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = BUILD / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise SystemExit(f"no free run directory for {name} under {BUILD}")
+
+
 def main():
     args = parse_args()
     specs = discover(args.cases) if args.cases else discover()
@@ -252,8 +266,7 @@ def main():
         progs = initramfs.build_guest_programs(BUILD / f"bin-{plat.name}", plat)
         images[kver] = initramfs.build_initramfs(kver, ko, BUILD / "initramfs", progs)
 
-    rundir = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
-    rundir.mkdir(parents=True, exist_ok=True)
+    rundir = new_rundir(time.strftime("run-%Y%m%d-%H%M%S"))
     accel = args.accel
     native = [k for k in images if platform.native(k)]
     if accel is None:
