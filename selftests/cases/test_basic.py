@@ -89,7 +89,7 @@ def case_targets(t):
     t.eq(t.qmp.query_balloon(), t.mem, "query-balloon before any target")
     mi0 = t.g.meminfo()
     free0 = t.g.free_kb()
-    for target in (256 * MiB, 768 * MiB, t.mem):
+    for target in (t.keep(256), t.keep(768), t.mem):
         t.balloon(target)
         held_kb = (t.mem - target) // 1024
         mi = t.g.meminfo()

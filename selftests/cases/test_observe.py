@@ -35,7 +35,7 @@ def case_sysfs(t):
     t.eq(a["target_pages"], 0, "target_pages with no target")
     t.eq(a["inflated_pages"], 0, "inflated_pages after probe")
 
-    for target in (768 * MiB, 300 * MiB, 900 * MiB):
+    for target in (t.keep(768), t.keep(300), t.keep(900)):
         t.balloon(target)
         a = t.bsys()
         host = t.mem - t.qmp.query_balloon()
@@ -123,7 +123,7 @@ def case_tracepoints(t):
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
     # 384 MiB, not lower: the trace buffer comes out of what the guest can
     # spare (with 16 MiB per CPU, 6.1 stopped 2 MiB short of 256 MiB in CI)
-    t.balloon(384 * MiB)
+    t.balloon(t.keep(384))
     t.balloon(t.mem - 64 * MiB)
     time.sleep(1.5)
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 0)
@@ -164,7 +164,7 @@ def case_debugfs(t):
     only_vballoon(t)
     dev = t.load_driver()
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
-    t.balloon(512 * MiB)
+    t.balloon(t.keep(512))
     time.sleep(1.5)
     name = dev.rsplit("/", 1)[1]
     text = t.g.read(f"/sys/kernel/debug/vballoon/{name}")

@@ -47,7 +47,7 @@ def case_progress(t):
     t.load_driver()
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
     total0 = t.g.meminfo()["MemTotal"]
-    for target, what in ((1024 * MiB, "inflate 3 GiB"), (t.mem, "deflate 3 GiB")):
+    for target, what in ((t.keep(1024), "inflate 3 GiB"), (t.mem, "deflate 3 GiB")):
         secs, gap, sgap = watch(t, target, stats=True)
         t.log(f"{what}: {secs:.1f} s, longest wait for actual {gap:.2f} s, "
               f"for guest-stats {sgap:.2f} s")

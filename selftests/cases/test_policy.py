@@ -112,7 +112,7 @@ def case_stats_only(t):
     v0 = t.g.vmstat()
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
     st = wait_stats(t, 0)
-    t.qmp.balloon(512 * MiB)
+    t.qmp.balloon(t.keep(512))
     time.sleep(3)
     st = wait_stats(t, st["last-update"])
     compare_stats(t, st, "stats-only, target 512 MiB")
@@ -123,7 +123,7 @@ def case_stats_only(t):
     t.eq(a["refusals"], 1, "refusals")
     t.check(a["stats_requests"] >= 2, f"stats_requests {a['stats_requests']}")
     t.g.check(f"echo 1 > {attr(t, dev, 'inflate')}")
-    t.wait_actual(512 * MiB, 60)
+    t.wait_actual(t.keep(512), 60)
     t.g.check(f"echo 0 > {attr(t, dev, 'inflate')}")
     t.eq(t.wait_actual(t.mem, 60), t.mem, "actual after inflate=0 with a full balloon")
     t.eq(t.g.meminfo()["MemTotal"] > 900 * 1024, True, "MemTotal back")
@@ -152,7 +152,7 @@ def case_bad_input(t):
     t.eq(t.qmp.query_balloon(), t.mem, "host's actual after the failed loads")
 
     dev = t.load_driver()
-    t.balloon(768 * MiB)
+    t.balloon(t.keep(768))
     before = t.bsys()
     for name, val in (("reserve_mib", "999999"), ("reserve_mib", "x"),
                       ("reserve_mib", "-5"), ("max_balloon_pct", "0"),
@@ -164,7 +164,7 @@ def case_bad_input(t):
     after = t.bsys()
     for name in ("reserve_mib", "max_balloon_pct", "inflate", "actual_pages", "floor_mib"):
         t.eq(after[name], before[name], f"{name} after the bad writes")
-    t.eq(t.qmp.query_balloon(), 768 * MiB, "host's actual after the bad writes")
+    t.eq(t.qmp.query_balloon(), t.keep(768), "host's actual after the bad writes")
     t.balloon(t.mem)
 
 
@@ -185,6 +185,6 @@ def case_defaults(t):
         t.eq(t.g.read(f"/sys/module/vballoon/parameters/{p}").strip(),
              {"reserve_mib": "0", "max_balloon_pct": "100", "inflate": "Y"}[p],
              f"module parameter {p}")
-    t.balloon(256 * MiB)
+    t.balloon(t.keep(256))
     t.eq(t.bsys("refusals"), "0", "refusals")
     t.balloon(t.mem)

@@ -18,7 +18,7 @@ def case_stats(t):
     st = wait_stats(t, 0)
     st = wait_stats(t, st["last-update"])
     compare_stats(t, st, "idle")
-    t.balloon(512 * MiB)
+    t.balloon(t.keep(512))
     st = wait_stats(t, st["last-update"])
     st = wait_stats(t, st["last-update"])
     compare_stats(t, st, "balloon at 512 MiB")
@@ -36,7 +36,7 @@ def case_oom_deflate(t):
     balloon; no process is killed and MemTotal never moves."""
     t.load_driver()
     total0 = t.g.meminfo()["MemTotal"]
-    t.balloon(256 * MiB)
+    t.balloon(t.keep(256))
     t.eq(t.g.meminfo()["MemTotal"], total0, "MemTotal (kB) with a deflate-on-oom balloon")
     before_vs, before = t.g.vmstat(), t.qmp.query_balloon()
     want = hog_size(t)
@@ -63,7 +63,7 @@ def case_oom_kill(t):
     """Without deflate-on-oom the balloon keeps its pages: the OOM killer
     takes the hog, the kernel survives and the guest keeps answering."""
     t.load_driver()
-    t.balloon(256 * MiB)
+    t.balloon(t.keep(256))
     before_vs, before = t.g.vmstat(), t.qmp.query_balloon()
     want = hog_size(t)
     mark = t.vm.console.mark()

@@ -28,7 +28,7 @@ def case_rss(t):
     rss0 = t.rss()
     t.log(f"QEMU before inflating: {rss0}")
 
-    target = 256 * MiB
+    target = t.keep(256)
     t.balloon(target)
     rss1 = t.rss()
     t.log(f"QEMU after inflating: {rss1}")

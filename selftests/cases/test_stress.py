@@ -48,7 +48,7 @@ def case_storm(t):
     prev, moving = t.mem, 0
     for _ in range(300):
         # 448 MiB and up: reachable with the pattern and the churn running
-        target = rnd.randrange(448, 1025) * MiB
+        target = t.keep(rnd.randrange(448, 1025))
         if t.qmp.query_balloon() != prev:
             moving += 1
         t.qmp.balloon(target)
@@ -79,7 +79,7 @@ def case_unplug(t):
     free0 = t.g.free_kb(drop_caches=True)
     job = t.g.spawn("pattern hold 64 9")
     job.wait_output(r"^holding", timeout=120)
-    t.qmp.balloon(256 * MiB)
+    t.qmp.balloon(t.keep(256))
     deadline = time.monotonic() + 60
     while t.qmp.query_balloon() > t.mem - 64 * MiB:
         t.check(time.monotonic() < deadline, "the inflate did not start")
@@ -119,8 +119,8 @@ def case_unplug(t):
     drv = t.g.check(f"readlink {dev}/driver").strip().rsplit("/", 1)[-1]
     t.eq(drv, t.driver, "driver of the re-added balloon")
     t.new_device()
-    t.balloon(512 * MiB)
-    memtotal_at(t, total0, 512 * MiB)
+    t.balloon(t.keep(512))
+    memtotal_at(t, total0, t.keep(512))
     t.balloon(t.mem)
     memtotal_at(t, total0, t.mem)
     verify_pattern(t, t.g, job, "after the new device's cycle")
@@ -156,28 +156,28 @@ def case_suspend(t):
     total0 = t.g.meminfo()["MemTotal"]
     job = t.g.spawn("pattern hold 64 13")
     job.wait_output(r"^holding", timeout=120)
-    t.balloon(384 * MiB)
+    t.balloon(t.keep(384))
     before = t.bsys()
     suspend_resume(t)
-    t.wait_actual(384 * MiB)
+    t.wait_actual(t.keep(384))
     after = t.bsys()
     t.log(f"across S3: deflated {after['deflated_pages'] - before['deflated_pages']}, "
           f"inflated {after['inflated_pages'] - before['inflated_pages']} pages")
-    t.eq(after["actual_pages"], (t.mem - 384 * MiB) // 4096, "sysfs actual_pages after S3")
-    t.eq(held_pages(t), (t.mem - 384 * MiB) // 4096, "/proc/vmstat inflate - deflate")
-    memtotal_at(t, total0, 384 * MiB)
+    t.eq(after["actual_pages"], (t.mem - t.keep(384)) // 4096, "sysfs actual_pages after S3")
+    t.eq(held_pages(t), (t.mem - t.keep(384)) // 4096, "/proc/vmstat inflate - deflate")
+    memtotal_at(t, total0, t.keep(384))
     verify_pattern(t, t.g, job, "after S3 with a full balloon")
 
     # 320 MiB: with the pattern's 64 MiB, 256 MiB is below the guest's floor
-    t.qmp.balloon(320 * MiB)
+    t.qmp.balloon(t.keep(320))
     time.sleep(0.3)
     suspend_resume(t)
-    t.wait_actual(320 * MiB)
-    memtotal_at(t, total0, 320 * MiB)
+    t.wait_actual(t.keep(320))
+    memtotal_at(t, total0, t.keep(320))
     t.balloon(t.mem)
     memtotal_at(t, total0, t.mem)
-    t.balloon(512 * MiB)
-    memtotal_at(t, total0, 512 * MiB)
+    t.balloon(t.keep(512))
+    memtotal_at(t, total0, t.keep(512))
     verify_pattern(t, t.g, job, "after S3 mid-inflate")
     t.balloon(t.mem)
 
@@ -191,30 +191,30 @@ def case_migrate_full(t):
     total0 = t.g.meminfo()["MemTotal"]
     job = t.g.spawn("pattern hold 64 17")
     job.wait_output(r"^holding", timeout=120)
-    t.balloon(384 * MiB)
+    t.balloon(t.keep(384))
     img = t.vm.workdir / "full.mig"
     ram = migrate(t.qmp, f"exec:cat > {img}", 4 << 30)
     t.log(f"migrated: {ram['transferred'] // MiB} MiB sent, {ram['normal']} normal pages")
     # what the balloon holds is zero to the host, not sent page by page
-    t.check(ram["normal"] * 4096 < 500 * MiB,
-            f"{ram['normal']} normal pages sent for a 384 MiB guest")
+    t.check(ram["normal"] * 4096 < t.keep(500),
+            f"{ram['normal']} normal pages sent for a {t.keep(384) // MiB} MiB guest")
     t.qmp.cmd("cont")
     dst = sibling(t, "dst", t.config)
     try:
         t.check(dst.start(incoming=f"exec:cat {img}"), "migrated guest did not resume")
         g2, q2 = dst.guest, dst.qmp
-        t.eq(q2.query_balloon(), 384 * MiB, "actual on the destination")
+        t.eq(q2.query_balloon(), t.keep(384), "actual on the destination")
         t.eq(g2.meminfo()["MemTotal"], t.g.meminfo()["MemTotal"],
              "MemTotal (kB) on the destination")
         dev = g2.sysfs_balloon_dev()
-        t.eq(int(g2.read(f"{dev}/balloon/actual_pages")), (t.mem - 384 * MiB) // 4096,
+        t.eq(int(g2.read(f"{dev}/balloon/actual_pages")), (t.mem - t.keep(384)) // 4096,
              "sysfs actual_pages on the destination")
         verify_pattern(t, g2, job, "after migration")
         q2.balloon(t.mem)
         q2.wait_actual(t.mem, 120)
         t.near(g2.meminfo()["MemTotal"], total0, 2048, "MemTotal (kB) deflated")
-        q2.balloon(320 * MiB)
-        q2.wait_actual(320 * MiB, 120)
+        q2.balloon(t.keep(320))
+        q2.wait_actual(t.keep(320), 120)
         t.near(g2.meminfo()["MemTotal"], total0 - 704 * 1024, 2048,
                "MemTotal (kB) at 320 MiB on the destination")
         q2.balloon(t.mem)

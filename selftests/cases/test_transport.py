@@ -10,7 +10,7 @@ def targets_and_stats(t):
     """Targets reached on both sides; the stats queue answers."""
     total0 = t.g.meminfo()["MemTotal"]
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
-    t.balloon(256 * MiB)
+    t.balloon(t.keep(256))
     t.near(t.g.meminfo()["MemTotal"], total0 - 768 * 1024, 2048, "MemTotal (kB) at 256 MiB")
     seen = t.qmp.qom_get(t.balloon_qom, "guest-stats")["last-update"]
     deadline = time.monotonic() + 20
@@ -72,7 +72,7 @@ def case_poison(t):
     job.wait_output(r"^holding", timeout=120)
     mark = t.vm.console.mark()
     for _ in range(2):
-        t.balloon(450 * MiB)
+        t.balloon(t.keep(450))
         t.balloon(t.mem)
     # reuse every deflated page: poison checks run on allocation
     hog = t.g.meminfo()["MemAvailable"] // 1024 - 48

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .platform import page_size
+from .platform import page_size, platform_of
 from .qmp import BALLOON_QOM
 from .vm import VMConfig
 
@@ -110,7 +110,8 @@ class Context:
     Attributes: kver, driver (module name), spec, config, params, vm, g
     (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path),
     page (the guest's page size in bytes; the balloon protocol counts 4 KiB
-    units whatever it is, sysfs *_pages and /proc/vmstat count guest pages).
+    units whatever it is, sysfs *_pages and /proc/vmstat count guest pages),
+    extra (bytes of RAM the platform adds to config.mem; in mem).
     """
 
     def __init__(self, spec, vm, kver, driver, verbose=False):
@@ -119,13 +120,20 @@ class Context:
         self.params = spec.params
         self.g = vm.guest
         self.qmp = vm.qmp
-        self.mem = spec.config.mem * MiB
+        self.extra = platform_of(kver).mem_extra * MiB
+        self.mem = spec.config.mem * MiB + self.extra
         self.page = page_size(kver)
         self.balloon_qom = BALLOON_QOM
         self.notes = []
         self.verbose = verbose
         self._vmstat0 = None
         self.t0 = time.monotonic()
+
+    def keep(self, mib):
+        """The target that leaves the guest mib MiB, plus the RAM its
+        platform adds for its own kernel (the debug kernel's 256 MiB): the
+        balloon holds as much on every platform."""
+        return mib * MiB + self.extra
 
     # -- reporting --------------------------------------------------------
     def log(self, msg):

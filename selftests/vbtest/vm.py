@@ -177,7 +177,7 @@ class VM:
             extra = "tsc_early_khz=2000000"
         cmdline = (f"console={p.console},115200 vbagent={agent_dev} {BASE_CMDLINE} "
                    f"{p.cmdline} {extra} {c.cmdline}")
-        return [p.qemu, *machine, *accel, "-m", f"{c.mem}M", "-smp", str(c.smp),
+        return [p.qemu, *machine, *accel, "-m", f"{c.mem + p.mem_extra}M", "-smp", str(c.smp),
                 "-display", "none", "-nodefaults", "-no-user-config",
                 "-no-reboot", "-monitor", "none",
                 "-kernel", str(p.kernel(self.kver)), "-initrd", str(self.initrd),
