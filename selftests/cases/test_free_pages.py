@@ -9,6 +9,9 @@ from vbtest.vm import console_problems
 HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
             qemu_args=["-object", "iothread,id=io0"])
 REPORT = {"free-page-reporting": "on"}
+# The hint block's order by guest page size: the buddy allocator's largest
+# (MAX_PAGE_ORDER on 6.12, MAX_ORDER - 1 on 6.1).
+HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
 
 
 def dirty_and_free(g, mib):
@@ -24,14 +27,6 @@ def case_hint_migration(t):
     """Migrating with free page hinting skips the guest's free memory: the
     RAM sent shrinks by at least 70% against the same guest without hints;
     the migrated guest resumes with its data intact and a working balloon."""
-    if t.vm.plat.name == "arm64" and t.vm.accel == "tcg":
-        # QEMU 7.2 raises the balloon's interrupt (INTx: virtio-balloon-pci
-        # has no MSI-X vectors) from its hinting iothread without its big
-        # lock; the arm GIC under TCG asserts that lock and QEMU aborts
-        # ("gicv3_cpuif_update: assertion failed") at the first hinted
-        # block, with the in-tree virtio_balloon as with vballoon. On x86
-        # the interrupt goes through the IOAPIC's MSI write, which takes it.
-        t.skip("QEMU 7.2 aborts free page hinting on arm64 under TCG")
     dev = t.load_driver()
     t.check(t.g.features(dev) & virtio.bit("FREE_PAGE_HINT"), "FREE_PAGE_HINT not negotiated")
     job = t.g.spawn("pattern hold 64 11")
@@ -49,6 +44,11 @@ def case_hint_migration(t):
         # the 600 MiB written and freed were hinted, and not sent
         t.check(b["hinted_pages"] * t.page >= 500 * MiB,
                 f"sysfs hinted_pages {b['hinted_pages']}")
+        # in blocks of the largest buddy order, counted in guest pages:
+        # 4 MiB with 4 KiB pages, 32 MiB with 16 KiB pages
+        block = HINT_BLOCK_ORDER[t.page]
+        t.eq(b["hinted_pages"] % (1 << block), 0,
+             f"sysfs hinted_pages modulo a hint block of {1 << block} pages")
 
     # The same guest and workload on a device without hinting.
     plain = sibling(t, "plain", t.config.merged(device={"free-page-hint": "off"}))
@@ -68,11 +68,18 @@ def case_hint_migration(t):
 
     # The hinted image resumes in a new QEMU. Under TCG, QEMU 7.2 sometimes
     # resumes a hinted image into a kernel crash in the idle or timer path
-    # (RIP a ktime value or 0): about 1 run in 3, with the in-tree
+    # (RIP a ktime value or 0): about 1 run in 3 on x86, with the in-tree
     # virtio_balloon as often as with vballoon, never without hinting. A
     # crash there gets a new hinted migration, up to 3 in all; a wrong
     # pattern or balloon without a crash fails at once, as does any
-    # failure under KVM.
+    # failure under KVM. On arm64 under TCG it is 1 resume in 2 (vballoon
+    # 2 of 3, the in-tree driver 1 of 3: list corruption in a workqueue,
+    # oopses in interrupts, hangs), again never without hinting: too often
+    # for retries, and the resume is left to KVM there.
+    if t.vm.plat.name == "arm64" and t.vm.accel == "tcg":
+        t.log("resume not tried: QEMU 7.2 under TCG corrupts hinted arm64 images")
+        job.signal("TERM")
+        return
     attempts = 3 if t.vm.accel == "tcg" else 1
     for attempt in range(1, attempts + 1):
         if attempt > 1:
@@ -102,9 +109,9 @@ def resume_hinted(t, vm2, img, job):
     t.eq(g2.check("echo resumed").strip(), "resumed", "migrated guest answers")
     verify_pattern(t, g2, job, "after migration")
     total0 = g2.meminfo()["MemTotal"]
-    vm2.qmp.balloon(512 * MiB)
-    vm2.qmp.wait_actual(512 * MiB, 120)
-    t.near(g2.meminfo()["MemTotal"], total0 - (t.mem - 512 * MiB) // 1024, 2048,
+    vm2.qmp.balloon(t.keep(512))
+    vm2.qmp.wait_actual(t.keep(512), 120)
+    t.near(g2.meminfo()["MemTotal"], total0 - (t.mem - t.keep(512)) // 1024, 2048,
            "MemTotal (kB) of the migrated guest at 512 MiB")
     vm2.qmp.balloon(t.mem)
     vm2.qmp.wait_actual(t.mem, 120)
@@ -199,7 +206,7 @@ def case_report_busy(t):
     for _ in range(2):
         t.g.check("tmpfill fill /tmp/dirty 400 1024", timeout=180)
         t.g.check("tmpfill clear /tmp/dirty", timeout=60)
-        t.balloon(400 * MiB)
+        t.balloon(t.keep(400))
         t.balloon(t.mem)
     verify_pattern(t, t.g, job, "after reporting with inflate/deflate")
     t.g.check("tmpfill fill /tmp/dirty 400 1024", timeout=180)
