@@ -44,7 +44,7 @@ def case_sysfs(t):
         t.eq(a["target_bytes"], t.mem - target, "target_bytes vs the QMP target")
         t.eq(a["target_pages"], (t.mem - target) // PAGE, "target_pages")
         t.check_counters()
-    t.check(a["inflated_pages"] >= (t.mem - 300 * MiB) // PAGE,
+    t.check(a["inflated_pages"] >= (t.mem - t.keep(300)) // PAGE,
             f"inflated_pages {a['inflated_pages']}")
     t.check(a["deflated_pages"] > 0, "deflated_pages stayed 0")
 
@@ -146,7 +146,7 @@ def case_tracepoints(t):
     t.log(f"{len(inf)} inflate batches, {huge} pages from 2 MiB blocks; {len(dfl)} deflate batches")
     trace = t.g.read(f"{TRACING}/trace")
     targets = re.findall(r"vballoon_target: target=(\d+)", trace)
-    t.check(str((t.mem - 384 * MiB) // PAGE) in targets,
+    t.check(str((t.mem - t.keep(384)) // PAGE) in targets,
             f"no vballoon_target record of the 384 MiB target: {targets}")
     t.check(re.search(r"vballoon_inflate: pages=\d+ order=\d+ duration_ns=[1-9]", trace),
             "inflate records carry no duration")
@@ -171,7 +171,7 @@ def case_debugfs(t):
     t.log(text)
     t.check(not re.search(r"[0-9a-f]{12,}", text), "debugfs prints something like an address")
     f = dict(re.findall(r"^(\w+): (.*)$", text, re.M))
-    held = t.mem - 512 * MiB
+    held = t.mem - t.keep(512)
     t.eq(int(f["actual_units"]) * PAGE, held, "actual_units")
     t.eq(int(f["target_units"]) * PAGE, held, "target_units")
     zones = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", f["pages_by_zone"])}

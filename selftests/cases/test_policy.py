@@ -99,7 +99,7 @@ def case_ceiling(t):
     t.eq(held, cap(10), "balloon after lowering the ceiling to 10%")
     t.eq(int(t.bsys("actual_bytes")), held, "sysfs actual_bytes")
     t.g.check(f"echo 100 > {attr(t, dev, 'max_balloon_pct')}")
-    t.balloon(256 * MiB)
+    t.balloon(t.keep(256))
     t.balloon(t.mem)
 
 

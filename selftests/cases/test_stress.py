@@ -152,6 +152,13 @@ def case_suspend(t):
     under way: the balloon is back at the host's target afterwards (it is
     emptied before the device is reset, as the in-tree driver does), and
     keeps following targets."""
+    if "debug" in t.vm.plat.tags:
+        # Its guests boot with acpi=noirq (vbtest/platform.py): the BIOS's
+        # PIRQ routing, which the wakeup reset clears and nothing restores
+        # without ACPI, carries the balloon's INTx, so after S3 no
+        # interrupt arrives (IRQ 10's count stops, with the in-tree
+        # virtio_balloon too) and no new target is seen.
+        t.skip("S3 loses PCI interrupt routing on acpi=noirq debug guests")
     t.load_driver()
     total0 = t.g.meminfo()["MemTotal"]
     job = t.g.spawn("pattern hold 64 13")

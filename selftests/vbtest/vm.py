@@ -187,7 +187,7 @@ class VM:
             # clocksource watchdog still judges the TSC.
             extra = "tsc_early_khz=2000000"
         cmdline = (f"console={p.console},115200 vbagent={agent_dev} {BASE_CMDLINE} "
-                   f"{p.cmdline} {extra} {c.cmdline}")
+                   f"{p.cmdline} {'' if c.mmio else p.pci_cmdline} {extra} {c.cmdline}")
         return [p.qemu, *machine, *accel, "-m", f"{c.mem + p.mem_extra}M", "-smp", str(c.smp),
                 "-display", "none", "-nodefaults", "-no-user-config",
                 "-no-reboot", "-monitor", "none",
