@@ -33,7 +33,11 @@ def case_hint_migration(t):
     job.wait_output(r"^holding", timeout=120)
     dirty_and_free(t.g, 600)
     img = t.vm.workdir / "hinted.mig"
-    hinted = migrate(t.qmp, f"exec:cat > {img}")
+    try:
+        hinted = migrate(t.qmp, f"exec:cat > {img}")
+    except Exception:
+        skip_gic_abort(t)
+        raise
     t.qmp.cmd("cont")
     t.log(f"with hints: {hinted['transferred'] // MiB} MiB sent "
           f"({hinted['normal']} normal pages)")
@@ -100,6 +104,21 @@ def case_hint_migration(t):
             vm2.stop()
             img.unlink(missing_ok=True)
     job.signal("TERM")
+
+
+def skip_gic_abort(t):
+    """Skip if QEMU died of its arm GIC's big-lock assertion (see VM.argv:
+    event_idx=off avoids the hinting iothread's interrupt, yet the first
+    run on the 4 KiB arm64 flavour still ended in it, 0 of 5 on 16 KiB)."""
+    if t.vm.plat.name != "arm64" or t.vm.accel != "tcg":
+        return
+    deadline = time.monotonic() + 5
+    while t.vm.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not t.vm.alive() and \
+            "gicv3_cpuif_update: assertion failed" in t.vm.qemu_log():
+        t.skip("QEMU 7.2 aborted in gicv3_cpuif_update (an interrupt "
+               "raised without its big lock under TCG)")
 
 
 def resume_hinted(t, vm2, img, job):
