@@ -200,6 +200,8 @@ struct vb_hint {
 	struct work_struct work;
 	/* Set by config_changed: the command id must be read again. */
 	unsigned long reread;
+	/* Set by the shrinker: the guest is short, this round takes no more. */
+	unsigned long squeezed;
 	u32 cmd_id;
 	__virtio32 active;
 	__virtio32 stop;
@@ -990,7 +992,8 @@ static int vb_migrate(struct vballoon_pages *vp, struct page *newpage,
  * then with free blocks of the largest order (cheap to find, cheap for the
  * host to skip), then with the stop id. The host skips those blocks'
  * contents; the guest holds them until the host says DONE, or hands them
- * back at once through the shrinker when it needs memory.
+ * back at once through the shrinker when it needs memory, and then the
+ * round ends: it takes nothing more until the host's next command id.
  */
 static u32 vb_hint_cmd_id(struct vballoon *vb)
 {
@@ -1040,6 +1043,11 @@ static unsigned long vb_hint_scan(struct shrinker *shrinker,
 	struct vballoon *vb = vballoon_shrinker_private(shrinker);
 	unsigned long blocks = DIV_ROUND_UP(sc->nr_to_scan, 1UL << VB_HINT_ORDER);
 
+	/*
+	 * Else the round would take each block back as soon as it is free,
+	 * and whoever needs the memory would wait on the race.
+	 */
+	set_bit(0, &vb->hint.squeezed);
 	return vb_hint_release(vb, blocks) << VB_HINT_ORDER;
 }
 
@@ -1076,7 +1084,7 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 	struct page *page;
 	int err;
 
-	while (vb_hint_cmd_id(vb) == id) {
+	while (vb_hint_cmd_id(vb) == id && !test_bit(0, &h->squeezed)) {
 		if (!vb_hint_reap(vb)) {
 			/*
 			 * Queue full: the host is behind. No interrupt tells
@@ -1125,6 +1133,7 @@ static void vb_hint_work(struct work_struct *work)
 		return;
 
 	h->active = cpu_to_virtio32(vb->vdev, id);
+	clear_bit(0, &h->squeezed);
 	atomic64_inc(&vb->cnt[VB_CNT_HINT_ROUNDS]);
 	err = vb_hint_send_id(vb, &h->active);
 	if (!err)
