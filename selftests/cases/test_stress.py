@@ -259,7 +259,10 @@ def case_everything(t):
     hog.stop()
     # The workload's memory comes back; the balloon, still asked for
     # everything, may take it up to the floor plus its slack, no further.
-    time.sleep(3)
+    # Wait until it stops moving: on a loaded host (CI once ran this with
+    # four guests on two CPUs) it was still inflating after 40 s, so it had
+    # not met the floor yet, and held pages moved between two readings.
+    t.qmp.wait_actual(1 * MiB, 120, settle=3)
     held = held_pages(t) * 4
     avail = t.g.available_kb()
     t.log(f"balloon holds {held >> 10} MiB; MemAvailable + per-CPU lists {avail} kB, "

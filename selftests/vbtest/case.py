@@ -210,9 +210,14 @@ class Context:
             a = self.bsys()
             host = self.qmp.query_balloon()
             still = prev is not None and prev["actual_bytes"] == a["actual_bytes"]
-            if still and self.mem - a["actual_bytes"] == host:
+            agree = self.mem - a["actual_bytes"] == host
+            if still and agree:
                 break
             if time.monotonic() > deadline:
+                # one reading takes seconds on a loaded debug guest: at
+                # the deadline, agreeing is enough
+                if agree:
+                    break
                 self.fail(f"sysfs actual_bytes {a['actual_bytes']} never settled to "
                           f"the host's balloon {self.mem - host}")
             prev = a
