@@ -4,6 +4,7 @@ import time
 
 from vbtest import ALL_ARCHES, MiB, case, virtio
 from vbtest.migration import check_console, migrate, sibling, verify_pattern
+from vbtest.guest import GuestDead
 from vbtest.vm import console_problems
 
 HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
@@ -96,7 +97,8 @@ def case_hint_migration(t):
             break
         except Exception as e:
             crash = console_problems(vm2.console.text())
-            if not crash or attempt == attempts:
+            # a hang with a silent console is the same fault (CI saw one)
+            if not (crash or isinstance(e, GuestDead)) or attempt == attempts:
                 raise
             t.log(f"attempt {attempt}: the resumed guest crashed ({type(e).__name__}: "
                   f"{str(e)[:80]}); console: {'; '.join(crash[:2])}")
