@@ -13,6 +13,9 @@ REPORT = {"free-page-reporting": "on"}
 # The hint block's order by guest page size: the buddy allocator's largest
 # (MAX_PAGE_ORDER on 6.12, MAX_ORDER - 1 on 6.1).
 HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
+# The most a hinted migration may send, as a share of the same guest's
+# migration without hints, by guest page size (see case_hint_migration).
+HINT_SENT_SHARE = {4096: 0.3, 16384: 0.4}
 
 
 def dirty_and_free(g, mib):
@@ -26,7 +29,8 @@ def dirty_and_free(g, mib):
 @case(timeout=600, fresh=True, arches=ALL_ARCHES, **HINT)
 def case_hint_migration(t):
     """Migrating with free page hinting skips the guest's free memory: the
-    RAM sent shrinks by at least 70% against the same guest without hints;
+    RAM sent shrinks by at least 70% (60% with 16 KiB pages) against the
+    same guest without hints;
     the migrated guest resumes with its data intact and a working balloon."""
     dev = t.load_driver()
     t.check(t.g.features(dev) & virtio.bit("FREE_PAGE_HINT"), "FREE_PAGE_HINT not negotiated")
@@ -67,9 +71,14 @@ def case_hint_migration(t):
     finally:
         plain.stop()
     t.log(f"without hints: {sent // MiB} MiB sent")
-    t.check(hinted["transferred"] <= 0.3 * sent,
+    # Free memory is hinted in blocks of the largest buddy order only: 4 MiB
+    # with 4 KiB pages, 32 MiB with 16 KiB pages, where less of a guest's
+    # free memory makes whole blocks (arm64-16k: 182-244 MiB of 730 sent,
+    # the in-tree virtio_balloon 244 of 731, so 60% less is asked there).
+    share = HINT_SENT_SHARE.get(t.page, 0.3)
+    t.check(hinted["transferred"] <= share * sent,
             f"hinting sent {hinted['transferred'] // MiB} MiB, without "
-            f"{sent // MiB} MiB: want at least 70% less")
+            f"{sent // MiB} MiB: want at least {100 - int(share * 100)}% less")
 
     # The hinted image resumes in a new QEMU. Under TCG, QEMU 7.2 sometimes
     # resumes a hinted image into a kernel crash in the idle or timer path
