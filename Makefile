@@ -38,7 +38,7 @@ KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
-.PHONY: all modules clean all-kernels cross-arm64 check check-arm64 check-debug check-distro \
+.PHONY: all modules clean all-kernels cross-arm64 check check-suite check-arm64 check-debug check-distro \
 	deps run \
 	bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
@@ -75,12 +75,19 @@ deps:
 # The x86 kernels installed here, and arm64 guests of CHECK_ARM64 (Debian's
 # kernel packages unpacked under build/arm64/root, the module cross-built).
 CHECK_ARM64 ?= arm64-16k
+# The suite runs in a make of its own: make reads a directory once, so this
+# one would not see the kernels that deps.sh has just installed.
 check:
 	scripts/deps.sh --if-missing
+	$(MAKE) check-suite
+
+# The x86 kernels with headers and an image; none is an error, not a pass.
+CHECK_KERNELS = $(foreach k,$(KERNELS),$(if $(wildcard /boot/vmlinuz-$(k)),$(k)))
+check-suite:
+	$(if $(CHECK_KERNELS),,$(error no x86 kernel with headers and /boot/vmlinuz: run make deps))
 	$(MAKE) all-kernels
 	$(MAKE) cross-arm64 ARM64_FLAVOURS="$(CHECK_ARM64)"
-	$(PYTHON) selftests/runner.py \
-		$(foreach k,$(KERNELS),$(if $(wildcard /boot/vmlinuz-$(k)),--kernel $(k))) \
+	$(PYTHON) selftests/runner.py $(addprefix --kernel ,$(CHECK_KERNELS)) \
 		$$(scripts/arm64.sh --guest $(CHECK_ARM64) | sed 's/^/--kernel /') $(CHECK_ARGS)
 	$(PYTHON) selftests/distro.py $(DISTRO_ARGS)
 
