@@ -119,8 +119,10 @@ def case_hint_migration(t):
 
 def skip_gic_abort(t):
     """Skip if QEMU died of its arm GIC's big-lock assertion (see VM.argv:
-    event_idx=off avoids the hinting iothread's interrupt, yet the first
-    run on the 4 KiB arm64 flavour still ended in it, 0 of 5 on 16 KiB)."""
+    event_idx=off avoids the hinting iothread's interrupt, yet 3 runs in a
+    row on the 4 KiB arm64 flavour ended in it on a loaded host before a
+    squeezed hint round stopped taking blocks; none of 6 since, none of 5
+    on 16 KiB). QEMU runs with named threads: a core shows which one."""
     if t.vm.plat.name != "arm64" or t.vm.accel != "tcg":
         return
     deadline = time.monotonic() + 5

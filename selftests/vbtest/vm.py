@@ -189,6 +189,8 @@ class VM:
         cmdline = (f"console={p.console},115200 vbagent={agent_dev} {BASE_CMDLINE} "
                    f"{p.cmdline} {'' if c.mmio else p.pci_cmdline} {extra} {c.cmdline}")
         return [p.qemu, *machine, *accel, "-m", f"{c.mem + p.mem_extra}M", "-smp", str(c.smp),
+                # named threads: a QEMU core or hang shows which one
+                "-name", "vbtest,debug-threads=on",
                 "-display", "none", "-nodefaults", "-no-user-config",
                 "-no-reboot", "-monitor", "none",
                 "-kernel", str(p.kernel(self.kver)), "-initrd", str(self.initrd),
