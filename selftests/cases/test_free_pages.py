@@ -159,18 +159,17 @@ def case_hint_pressure(t):
     want = t.g.meminfo()["MemAvailable"] // 1024 - 64
     v0 = t.g.vmstat()
     b0 = t.bsys() if t.driver == "vballoon" else None
-    rounds0 = b0["hint_rounds"] if b0 else None
     # Once the migration completes QEMU stops the guest, and memhog would
     # wait for `cont`: at 1 MiB/s the first pass alone (the guest's used
     # memory) outlasts memhog, even on a debug kernel, where memhog took
     # longer than a 64 MiB/s migration and the case timed out.
     t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
     t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
-    if rounds0 is None:
+    if b0 is None:
         time.sleep(1)
     else:
         deadline = time.monotonic() + 30
-        while t.bsys()["hint_rounds"] == rounds0:
+        while t.bsys()["hint_rounds"] == b0["hint_rounds"]:
             t.check(time.monotonic() < deadline, "no hint round within 30 s")
             time.sleep(0.2)
     out = t.g.check(f"memhog {want}", timeout=240)
