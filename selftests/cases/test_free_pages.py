@@ -3,9 +3,8 @@
 import time
 
 from vbtest import ALL_ARCHES, MiB, case, virtio
-from vbtest.migration import check_console, migrate, sibling, verify_pattern
-from vbtest.guest import GuestDead
-from vbtest.vm import console_problems
+from vbtest.migration import (check_console, migrate, resume_retrying, sibling,
+                               verify_pattern)
 
 HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
             qemu_args=["-object", "iothread,id=io0"])
@@ -80,40 +79,23 @@ def case_hint_migration(t):
             f"hinting sent {hinted['transferred'] // MiB} MiB, without "
             f"{sent // MiB} MiB: want at least {100 - int(share * 100)}% less")
 
-    # The hinted image resumes in a new QEMU. Under TCG, QEMU 7.2 sometimes
-    # resumes a hinted image into a kernel crash in the idle or timer path
-    # (RIP a ktime value or 0): about 1 run in 3 on x86, with the in-tree
-    # virtio_balloon as often as with vballoon, never without hinting. A
-    # crash there gets a new hinted migration, up to 3 in all; a wrong
-    # pattern or balloon without a crash fails at once, as does any
-    # failure under KVM. On arm64 under TCG it is 1 resume in 2 (vballoon
-    # 2 of 3, the in-tree driver 1 of 3: list corruption in a workqueue,
-    # oopses in interrupts, hangs), again never without hinting: too often
-    # for retries, and the resume is left to KVM there.
+    # The hinted image resumes in a new QEMU, with a new hinted migration
+    # after a crash of QEMU 7.2's TCG resume (see resume_retrying: about 1
+    # run in 3 on x86, with the in-tree virtio_balloon as often as with
+    # vballoon). On arm64 under TCG it is 1 resume in 2 (vballoon 2 of 3,
+    # the in-tree driver 1 of 3: list corruption in a workqueue, oopses in
+    # interrupts, hangs), never without hinting: too often for retries, and
+    # the resume is left to KVM there.
     if t.vm.plat.name == "arm64" and t.vm.accel == "tcg":
         t.log("resume not tried: QEMU 7.2 under TCG corrupts hinted arm64 images")
         job.signal("TERM")
         return
-    attempts = 3 if t.vm.accel == "tcg" else 1
-    for attempt in range(1, attempts + 1):
-        if attempt > 1:
-            img = t.vm.workdir / f"hinted-{attempt}.mig"
-            migrate(t.qmp, f"exec:cat > {img}")
-            t.qmp.cmd("cont")
-        vm2 = sibling(t, f"dst{attempt}", t.config)
-        try:
-            resume_hinted(t, vm2, img, job)
-            break
-        except Exception as e:
-            crash = console_problems(vm2.console.text())
-            # a hang with a silent console is the same fault (CI saw one)
-            if not (crash or isinstance(e, GuestDead)) or attempt == attempts:
-                raise
-            t.log(f"attempt {attempt}: the resumed guest crashed ({type(e).__name__}: "
-                  f"{str(e)[:80]}); console: {'; '.join(crash[:2])}")
-        finally:
-            vm2.stop()
-            img.unlink(missing_ok=True)
+
+    def remigrate(path):
+        migrate(t.qmp, f"exec:cat > {path}")
+        t.qmp.cmd("cont")
+
+    resume_retrying(t, img, remigrate, lambda vm2, path: resume_hinted(t, vm2, path, job))
     job.signal("TERM")
 
 

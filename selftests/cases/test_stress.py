@@ -8,7 +8,7 @@ import re
 import time
 
 from vbtest import MiB, case
-from vbtest.migration import check_console, migrate, sibling, verify_pattern
+from vbtest.migration import check_console, migrate, resume_retrying, verify_pattern
 
 # A guest process that allocates and frees memory for as long as it runs.
 CHURN = "while :; do memhog {mib} >/dev/null || exit 1; done\n"
@@ -189,7 +189,7 @@ def case_suspend(t):
     t.balloon(t.mem)
 
 
-@case(timeout=600, fresh=True)
+@case(timeout=900, fresh=True)
 def case_migrate_full(t):
     """Live migration with a full balloon, to a file and into a new QEMU:
     actual is preserved, the ballooned memory is not sent, the balloon
@@ -206,31 +206,39 @@ def case_migrate_full(t):
     t.check(ram["normal"] * 4096 < t.keep(500),
             f"{ram['normal']} normal pages sent for a {t.keep(384) // MiB} MiB guest")
     t.qmp.cmd("cont")
-    dst = sibling(t, "dst", t.config)
-    try:
-        t.check(dst.start(incoming=f"exec:cat {img}"), "migrated guest did not resume")
-        g2, q2 = dst.guest, dst.qmp
-        t.eq(q2.query_balloon(), t.keep(384), "actual on the destination")
-        t.eq(g2.meminfo()["MemTotal"], t.g.meminfo()["MemTotal"],
-             "MemTotal (kB) on the destination")
-        dev = g2.sysfs_balloon_dev()
-        t.eq(int(g2.read(f"{dev}/balloon/actual_pages")), (t.mem - t.keep(384)) // 4096,
-             "sysfs actual_pages on the destination")
-        verify_pattern(t, g2, job, "after migration")
-        q2.balloon(t.mem)
-        q2.wait_actual(t.mem, 120)
-        t.near(g2.meminfo()["MemTotal"], total0, 2048, "MemTotal (kB) deflated")
-        q2.balloon(t.keep(320))
-        q2.wait_actual(t.keep(320), 120)
-        t.near(g2.meminfo()["MemTotal"], total0 - 704 * 1024, 2048,
-               "MemTotal (kB) at 320 MiB on the destination")
-        q2.balloon(t.mem)
-        q2.wait_actual(t.mem, 120)
-        verify_pattern(t, g2, job, "after the destination's cycle")
-        check_console(t, dst, "migrated guest")
-    finally:
-        dst.stop()
-        img.unlink(missing_ok=True)
+
+    def remigrate(path):
+        migrate(t.qmp, f"exec:cat > {path}", 4 << 30)
+        t.qmp.cmd("cont")
+
+    resume_retrying(t, img, remigrate,
+                    lambda dst, path: resume_full(t, dst, path, job, total0))
+    job.signal("TERM")
+
+
+def resume_full(t, dst, img, job, total0):
+    """The full balloon's image resumes: actual, MemTotal and sysfs as on
+    the source, the pattern intact, and the balloon deflates and inflates."""
+    t.check(dst.start(incoming=f"exec:cat {img}"), "migrated guest did not resume")
+    g2, q2 = dst.guest, dst.qmp
+    t.eq(q2.query_balloon(), t.keep(384), "actual on the destination")
+    t.eq(g2.meminfo()["MemTotal"], t.g.meminfo()["MemTotal"],
+         "MemTotal (kB) on the destination")
+    dev = g2.sysfs_balloon_dev()
+    t.eq(int(g2.read(f"{dev}/balloon/actual_pages")), (t.mem - t.keep(384)) // 4096,
+         "sysfs actual_pages on the destination")
+    verify_pattern(t, g2, job, "after migration")
+    q2.balloon(t.mem)
+    q2.wait_actual(t.mem, 120)
+    t.near(g2.meminfo()["MemTotal"], total0, 2048, "MemTotal (kB) deflated")
+    q2.balloon(t.keep(320))
+    q2.wait_actual(t.keep(320), 120)
+    t.near(g2.meminfo()["MemTotal"], total0 - 704 * 1024, 2048,
+           "MemTotal (kB) at 320 MiB on the destination")
+    q2.balloon(t.mem)
+    q2.wait_actual(t.mem, 120)
+    verify_pattern(t, g2, job, "after the destination's cycle")
+    check_console(t, dst, "migrated guest")
 
 
 @case(timeout=400)

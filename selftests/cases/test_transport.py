@@ -3,7 +3,7 @@
 and init_on_free."""
 import time
 
-from vbtest import MiB, case, virtio
+from vbtest import case, virtio
 
 
 def targets_and_stats(t):
