@@ -457,11 +457,41 @@ static unsigned long vb_slack(unsigned long floor)
 	return max(floor / 8, 4UL << (20 - PAGE_SHIFT));
 }
 
+/* Pages the kernel holds back above the watermarks after fragmentation. */
+static unsigned long vb_boost_pages(void)
+{
+	unsigned long boost = 0;
+	int nid, i;
+
+	for_each_online_node(nid) {
+		struct pglist_data *pgdat = NODE_DATA(nid);
+
+		for (i = 0; i < MAX_NR_ZONES; i++)
+			boost += READ_ONCE(pgdat->node_zones[i].watermark_boost);
+	}
+	return boost;
+}
+
+/*
+ * MemAvailable as the floor counts it. si_mem_available() keeps back the
+ * high watermarks but not a watermark boost: after an allocation that
+ * fragmented a zone, the kernel raises all its watermarks by up to 1.5
+ * times the high one until kswapd has reclaimed that much. A balloon that
+ * took the boost would leave the guest's own tasks below their raised min
+ * watermark, to the OOM killer: seen on a debug kernel, a 16 MiB task
+ * killed with 30 MiB free in the buddy lists against a 22 MiB min
+ * watermark and a 12 MiB boost.
+ */
+static long vb_available(void)
+{
+	return si_mem_available() - (long)vb_boost_pages();
+}
+
 /* Can the guest spare @n more pages and still keep its floor? */
 static bool vb_can_spare(struct vballoon *vb, unsigned long n)
 {
 	unsigned long floor = vb_floor(vb);
-	long avail = si_mem_available();
+	long avail = vb_available();
 
 	return avail > 0 && (unsigned long)avail >= floor + vb_slack(floor) + n;
 }
@@ -478,7 +508,7 @@ static unsigned long vb_shortfall(struct vballoon *vb)
 
 	if (!READ_ONCE(vb->reserve_mib))
 		return 0;
-	avail = si_mem_available();
+	avail = vb_available();
 	if (avail >= 0 && (unsigned long)avail >= floor)
 		return 0;
 	return floor + vb_slack(floor) / 2 - max(avail, 0L);
@@ -773,7 +803,7 @@ static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages
 	unsigned int units = min_t(unsigned long,
 				   short_pages * VB_UNITS_PER_PAGE,
 				   READ_ONCE(vb->num_pages));
-	long avail = si_mem_available();
+	long avail = vb_available();
 	unsigned int done;
 
 	done = vb_deflate(vb, units);
@@ -1525,6 +1555,7 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 		   vb->last_target, vb->prev_target,
 		   vb->last_target_ms ? vb_now_ms() - vb->last_target_ms : 0);
 	seq_printf(m, "mem_available: %ld\n", si_mem_available());
+	seq_printf(m, "watermark_boost: %lu\n", vb_boost_pages());
 	seq_printf(m, "floor: %lu (automatic %lu, reserve %u MiB), slack %lu\n",
 		   floor, vb->floor_pages, READ_ONCE(vb->reserve_mib),
 		   vb_slack(floor));
