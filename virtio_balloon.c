@@ -284,6 +284,8 @@ struct vballoon {
 	struct page_reporting_dev_info reporting;
 
 	struct virtio_balloon_stat stats[VB_STATS_MAX];
+	/* vb_fill_stats()'s copy of the event counters: too big for a stack. */
+	unsigned long events[NR_VM_EVENT_ITEMS];
 };
 
 static bool vb_has(struct vballoon *vb, unsigned int fbit)
@@ -880,7 +882,7 @@ static void vb_stat(struct vballoon *vb, unsigned int *idx, u16 tag, u64 val)
 /* Fill vb->stats from the guest's figures. Return: how many. */
 static unsigned int vb_fill_stats(struct vballoon *vb)
 {
-	unsigned long events[NR_VM_EVENT_ITEMS];
+	unsigned long *events = vb->events;
 	unsigned long stall = 0;
 	struct sysinfo si;
 	unsigned int i = 0;
