@@ -11,7 +11,8 @@ gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
 linux-image-amd64 linux-headers-amd64 \
 linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 linux-source-6.12 flex bison bc libelf-dev libssl-dev \
-dkms dh-dkms debhelper dpkg-dev fakeroot lintian debootstrap e2fsprogs"
+dkms dh-dkms debhelper dpkg-dev fakeroot lintian debootstrap e2fsprogs \
+pyflakes3 python3-docutils"
 
 missing=""
 for p in $PKGS; do

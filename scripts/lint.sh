@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # make lint: checkpatch --strict (from Debian's linux-source-6.12), sparse
 # (C=2) and W=1 builds on every kernel with headers (and the arm64 ones
-# make cross-arm64 unpacked), kernel-doc -none.
+# make cross-arm64 unpacked), kernel-doc -none; pyflakes on the test
+# harness and docutils on Documentation/*.rst.
 # Prints what each tool says; exits non-zero if any said anything.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,6 +60,14 @@ say checkpatch
 # shellcheck disable=SC2086
 perl "$out/scripts/kernel-doc" -none $srcs > "$out/kernel-doc.log" 2>&1
 say kernel-doc
+
+pyflakes3 selftests scripts > "$out/pyflakes.log" 2>&1
+say pyflakes
+
+for f in Documentation/*.rst; do
+	/usr/bin/rst2html --halt=warning --report=warning "$f" >/dev/null
+done > "$out/rst.log" 2>&1
+say rst
 
 # build KDIR KVER [make arguments]: W=1 and sparse on one kernel
 build() {
