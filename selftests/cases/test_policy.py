@@ -191,3 +191,82 @@ def case_defaults(t):
     t.balloon(t.keep(256))
     t.eq(t.bsys("refusals"), "0", "refusals")
     t.balloon(t.mem)
+
+
+
+def debugfs(t, dev):
+    """The device's debugfs file as {field: text}."""
+    text = t.g.read(f"/sys/kernel/debug/vballoon/{dev.rsplit('/', 1)[1]}")
+    return dict(re.findall(r"^(\w+): (.*)$", text, re.M))
+
+
+def trials(f):
+    """(kept, returned) from debugfs' floor_trials line."""
+    return tuple(int(x) for x in re.findall(r"\d+", f["floor_trials"]))
+
+
+def config_irqs(t, dev):
+    """Per-CPU counts of the balloon's config-change interrupt."""
+    name = dev.rsplit("/", 1)[1]
+    for line in t.g.read("/proc/interrupts").splitlines():
+        if f"{name}-config" in line or line.rstrip().endswith(f" {name}"):
+            return [int(x) for x in line.split()[1:] if x.isdigit()][:t.vm.config.smp]
+    raise AssertionError(f"no interrupt line for {name}")
+
+
+@case(timeout=300)
+def case_floor_freed(t):
+    """Near its floor the balloon still takes memory a task has just freed
+    on the CPU its size work runs on (the one taking the config interrupt):
+    those pages wait on that CPU's per-CPU free lists, outside MemAvailable,
+    for seconds on 6.12. A target that needs half of them is reached without
+    a refusal, by trial batches that left MemAvailable where it was; asked
+    for everything, the balloon stops at its floor."""
+    only_vballoon(t)
+    dev = t.load_driver()
+    floor = int(t.bsys("floor_mib")) * MiB
+    slack = max(floor // 8, 4 * MiB)
+    irq0 = config_irqs(t, dev)
+    t.balloon(t.keep(320))
+    irq1 = config_irqs(t, dev)
+    cpu = max(range(len(irq1)), key=lambda c: irq1[c] - irq0[c])
+    hog = t.g.meminfo()["MemAvailable"] // 1024 - 48
+    t.g.check(f"taskset -c {cpu} memhog {hog}", timeout=120)
+    avail = t.g.meminfo()["MemAvailable"] * 1024
+    f = debugfs(t, dev)
+    pcp = int(dict(re.findall(r"cpu(\d+)=(\d+)", f["pcp_pages"]))[str(cpu)]) * PAGE
+    kept0, returned0 = trials(f)
+    refusals0 = int(t.bsys("refusals"))
+    t.log(f"config interrupts {irq0} -> {irq1}; task on CPU {cpu} freed {hog} MiB: "
+          f"MemAvailable {avail // MiB} MiB, {f['pcp_pages']}")
+    if pcp < 8 * MiB:
+        t.skip(f"{pcp // MiB} MiB left on CPU {cpu}'s lists: this kernel hands freed "
+               "memory back to the buddy lists at once")
+    # all of MemAvailable over the floor and its slack, and half of the
+    # task's pages still on its CPU's lists
+    take = (avail - floor - slack + pcp // 2) // MiB * MiB
+    target = t.qmp.query_balloon() - take
+    t.balloon(target, timeout=60)
+    kept, returned = trials(debugfs(t, dev))
+    a = t.bsys()
+    left = t.g.available_kb()
+    t.log(f"took {take // MiB} MiB more: trial batches kept {kept - kept0}, returned "
+          f"{returned - returned0}; MemAvailable + lists {left // 1024} MiB, "
+          f"floor {floor // MiB} MiB")
+    t.eq(a["refusals"], refusals0, "refusals")
+    t.check(kept > kept0, "no trial batch kept near the floor")
+    t.eq(a["actual_bytes"], t.mem - target, "sysfs actual_bytes vs the target")
+    t.check(left * 1024 >= floor, f"{left} kB left, under the floor")
+
+    t.qmp.balloon(1 * MiB)
+    t.qmp.wait_actual(1 * MiB, 60, settle=3)
+    a = t.bsys()
+    left = t.g.available_kb()
+    t.log(f"asked for everything: balloon {a['actual_bytes'] // MiB} MiB, MemAvailable + "
+          f"lists {left // 1024} MiB, {debugfs(t, dev)['floor_trials']}")
+    t.eq(a["refusals"], refusals0 + 1, "refusals after asking for everything")
+    t.check(left * 1024 >= floor - 4 * MiB, f"{left} kB left, under the floor")
+    # it may still grow as the lists drain, never shrink
+    t.check(t.qmp.query_balloon() <= t.mem - a["actual_bytes"],
+            f"host's actual {t.qmp.query_balloon()} over sysfs' {t.mem - a['actual_bytes']}")
+    t.balloon(t.mem)
