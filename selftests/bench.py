@@ -181,6 +181,8 @@ def run(args):
                 results["runs"].append({"kernel": kver, "mem_mib": mem, "driver": d,
                                         "raw": per[d],
                                         **{k: summarize([r[k] for r in per[d]]) for k in keys}})
+            # what is done so far survives a run cut short
+            (out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
