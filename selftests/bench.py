@@ -263,8 +263,9 @@ set title 'Balloon throughput, MiB/s (median of {res["reps"]})'
 set style data histograms
 set style histogram cluster gap 1
 set style fill solid border -1
-set key top left
+set key below
 set ylabel 'MiB/s'
+set yrange [0:*]
 plot '{data}' using 2:xtic(1) title 'inflate in-tree', '' using 3 title 'inflate vballoon', \\
      '' using 4 title 'deflate in-tree', '' using 5 title 'deflate vballoon'
 """
