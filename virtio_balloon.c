@@ -674,14 +674,8 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 		want = min(pages - done, per_buf);
 		trial = !vb->nr_stash && !vb_can_spare(vb, want);
 		if (trial) {
-			/*
-			 * Not with a reserve: the pages it gives back wait
-			 * on the per-CPU lists too, and trials would take
-			 * them straight back, round and round.
-			 */
 			before = vb_available(vb);
-			if (READ_ONCE(vb->reserve_mib) ||
-			    before < (long)vb_floor(vb))
+			if (before < (long)vb_floor(vb))
 				break;
 		}
 		if (trace_vballoon_inflate_enabled())
