@@ -267,8 +267,6 @@ struct vballoon {
 	unsigned int backoff_ms;
 	/* No inflation before this (jiffies): the backoff. */
 	unsigned long retry_at;
-	/* For debugfs: trial batches near the floor (vb_kept_floor()). */
-	unsigned long trials_kept, trials_returned;
 	/* The last target refused, counted once. */
 	bool refused;
 	unsigned int refused_target;
@@ -502,38 +500,13 @@ static long vb_available(struct vballoon *vb)
 	return avail;
 }
 
-/* Free pages on @cpu's per-CPU lists, every zone. */
-static unsigned long vb_pcp_pages(int cpu)
-{
-	unsigned long n = 0;
-	struct zone *zone;
-	int nid, i;
-
-	for_each_online_node(nid) {
-		for (i = 0; i < MAX_NR_ZONES; i++) {
-			zone = &NODE_DATA(nid)->node_zones[i];
-			if (populated_zone(zone))
-				n += READ_ONCE(per_cpu_ptr(zone->per_cpu_pageset,
-							   cpu)->count);
-		}
-	}
-	return n;
-}
-
-/* MemAvailable where inflation stops: the floor and its slack. */
-static long vb_stop_line(struct vballoon *vb)
-{
-	unsigned long floor = vb_floor(vb);
-
-	return (long)(floor + vb_slack(floor));
-}
-
 /* Can the guest spare @n more pages and still keep its floor? */
 static bool vb_can_spare(struct vballoon *vb, unsigned long n)
 {
+	unsigned long floor = vb_floor(vb);
 	long avail = vb_available(vb);
 
-	return avail > 0 && avail >= vb_stop_line(vb) + (long)n;
+	return avail > 0 && (unsigned long)avail >= floor + vb_slack(floor) + n;
 }
 
 /*
@@ -593,27 +566,6 @@ static unsigned int vb_batch_pages(void)
 #define VB_HUGE_GFP	(VB_GFP & ~__GFP_RECLAIM)
 
 /*
- * Within a batch of the stop line, a batch is a trial: the balloon's
- * allocations take this CPU's per-CPU free pages first, which are not in
- * MemAvailable, so a batch that came from there leaves MemAvailable where
- * it was. A task that has just freed its memory leaves it on those lists,
- * for seconds on 6.12, whose lists grow up to an eighth of the zone and
- * shrink by an eighth a second; refused, the balloon backed off and
- * reached such targets seconds late. Keep the trial batch of @n pages if
- * MemAvailable did not drop, or if it is still at the stop line and the
- * batch took no more than half of itself from the buddy lists; otherwise
- * it goes back and the pass ends. Under the stop line, then, the balloon
- * never lowers MemAvailable.
- */
-static bool vb_kept_floor(struct vballoon *vb, long before, unsigned int n)
-{
-	long after = vb_available(vb);
-
-	return after >= before ||
-	       (after >= vb_stop_line(vb) && after >= before - (long)n / 2);
-}
-
-/*
  * Allocate up to @want pages onto @list: first what is left of a split
  * huge block, then whole huge blocks while the guest has them free and
  * @room (pages still wanted this pass) can take one, then single pages in
@@ -663,8 +615,6 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	unsigned int done = 0, want, n, order;
 	struct page *page, *tmp;
 	struct vb_buf *buf;
-	long before = 0;
-	bool trial;
 	u64 t0 = 0;
 	LIST_HEAD(list);
 
@@ -672,24 +622,13 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	while (done < pages &&
 	       (vb->nr_stash || time_before(jiffies, deadline))) {
 		want = min(pages - done, per_buf);
-		trial = !vb->nr_stash && !vb_can_spare(vb, want);
-		if (trial) {
-			before = vb_available(vb);
-			if (before < (long)vb_floor(vb))
-				break;
-		}
+		if (!vb->nr_stash && !vb_can_spare(vb, want))
+			break;
 		if (trace_vballoon_inflate_enabled())
 			t0 = ktime_get_ns();
 		/* Pages left of a split block, or new blocks: huge order. */
 		order = vb->nr_stash ? VB_HUGE_ORDER : 0;
-		n = vb_alloc(vb, &list, want, trial ? want : pages - done);
-		if (trial && n) {
-			if (!vb_kept_floor(vb, before, n)) {
-				vb->trials_returned++;
-				break;
-			}
-			vb->trials_kept++;
-		}
+		n = vb_alloc(vb, &list, want, pages - done);
 		if (n < want) {
 			atomic64_inc(&vb->cnt[VB_CNT_ALLOC_FAILURES]);
 			atomic64_set(&vb->cnt[VB_CNT_LAST_ALLOC_FAILURE_MS],
@@ -1621,7 +1560,6 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 	unsigned long floor = vb_floor(vb);
 	unsigned long retry_at = READ_ONCE(vb->retry_at);
 	unsigned int i, tag;
-	int cpu;
 
 	seq_printf(m, "target_units: %u\n", vb_target(vb));
 	seq_printf(m, "actual_units: %u\n", READ_ONCE(vb->num_pages));
@@ -1631,11 +1569,6 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 		   vb->last_target_ms ? vb_now_ms() - vb->last_target_ms : 0);
 	seq_printf(m, "mem_available: %ld\n", si_mem_available());
 	seq_printf(m, "watermark_boost: %lu\n", vb_boost_pages());
-	seq_puts(m, "pcp_pages:");
-	for_each_online_cpu(cpu)
-		seq_printf(m, " cpu%d=%lu", cpu, vb_pcp_pages(cpu));
-	seq_printf(m, "\nfloor_trials: kept %lu, returned %lu\n",
-		   READ_ONCE(vb->trials_kept), READ_ONCE(vb->trials_returned));
 	seq_printf(m, "floor: %lu (automatic %lu, reserve %u MiB), slack %lu\n",
 		   floor, vb->floor_pages, READ_ONCE(vb->reserve_mib),
 		   vb_slack(floor));
