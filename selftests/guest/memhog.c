@@ -2,12 +2,15 @@
 /*
  * memhog - allocate anonymous memory and touch every page with non-zero data.
  *
- * usage: memhog [-t SECONDS] [-w] [-p] MiB
+ * usage: memhog [-t SECONDS] [-w] [-p] [-f N] MiB
  *   -t N  hold the memory N seconds before exiting
  *   -w    hold until SIGTERM/SIGINT/SIGUSR1 (prints "holding" when ready)
  *   -p    print progress every 64 MiB (useful when the OOM killer may strike)
+ *   -f N  fragment: map the memory in 4 KiB pages (MADV_NOHUGEPAGE) and,
+ *         once all is touched, give back every Nth page (MADV_DONTNEED):
+ *         free single pages scattered through the blocks the rest uses
  * Memory is taken in 1 MiB mmap chunks so a failure leaves what was got.
- * The last line is always "memhog: touched N MiB" (unless killed).
+ * "memhog: touched N MiB" follows the touching (unless killed).
  */
 #include <signal.h>
 #include <stdio.h>
@@ -21,11 +24,12 @@
 int main(int argc, char **argv)
 {
 	int opt, wait_sig = 0, progress = 0, hold = 0;
-	long want, got = 0;
+	long want, got = 0, every = 0, freed = 0;
+	unsigned char **chunks;
 	long page = sysconf(_SC_PAGESIZE);
 	sigset_t set;
 
-	while ((opt = getopt(argc, argv, "t:wp")) != -1) {
+	while ((opt = getopt(argc, argv, "t:wpf:")) != -1) {
 		switch (opt) {
 		case 't':
 			hold = atoi(optarg);
@@ -36,6 +40,11 @@ int main(int argc, char **argv)
 		case 'p':
 			progress = 1;
 			break;
+		case 'f':
+			every = atol(optarg);
+			if (every < 1)
+				goto usage;
+			break;
 		default:
 			goto usage;
 		}
@@ -43,6 +52,9 @@ int main(int argc, char **argv)
 	if (optind != argc - 1)
 		goto usage;
 	want = atol(argv[optind]);
+	chunks = calloc(want > 0 ? want : 1, sizeof(*chunks));
+	if (!chunks)
+		return 1;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -59,12 +71,22 @@ int main(int argc, char **argv)
 			printf("memhog: mmap failed after %ld MiB\n", got);
 			break;
 		}
+		chunks[got] = p;
+		if (every)
+			madvise(p, CHUNK, MADV_NOHUGEPAGE);
 		for (unsigned long off = 0; off < CHUNK; off += page)
 			memset(p + off, 0x5a ^ (int)(off >> 12), 64);
 		if (progress && got % 64 == 63)
 			printf("memhog: progress %ld MiB\n", got + 1);
 	}
 	printf("memhog: touched %ld MiB\n", got);
+	/* only now: a page given back earlier would serve the next chunk */
+	for (long i = 0, n = 0; every && i < got; i++)
+		for (unsigned long off = 0; off < CHUNK; off += page)
+			if (++n % every == 0 && !madvise(chunks[i] + off, page, MADV_DONTNEED))
+				freed++;
+	if (every)
+		printf("memhog: gave back %ld pages, one in %ld\n", freed, every);
 
 	if (wait_sig) {
 		int sig;
@@ -77,6 +99,6 @@ int main(int argc, char **argv)
 	return got == want ? 0 : 1;
 
 usage:
-	fprintf(stderr, "usage: memhog [-t SECONDS] [-w] [-p] MiB\n");
+	fprintf(stderr, "usage: memhog [-t SECONDS] [-w] [-p] [-f N] MiB\n");
 	return 2;
 }
