@@ -13,7 +13,16 @@ repetition and driver:
              one madvise(MADV_DONTNEED) each (selftests/host/madvise_floor.c)
   rss        QEMU's VmRSS released per ballooned MiB, the guest having
              touched its memory first
-  thp        QEMU's AnonHugePages before and after inflating half the guest
+  thp        QEMU's AnonHugePages before and after inflating half the guest,
+             on a guest fresh from boot (a range the host once discarded
+             comes back in 4 KiB pages): the guest touches all its memory,
+             so the host backs it with huge pages, then a task holds all
+             but half the guest and a margin (1/16), giving back one page in
+             FRAG_EVERY: free single pages in the blocks it uses. The task
+             runs on the last CPU, which then goes offline and back, so its
+             per-CPU free list (27 MiB per CPU on a 6.12 1 GiB guest, for
+             good) goes to the buddy lists; then half the guest is
+             ballooned.
   cpu        guest CPU time (all CPUs, /proc/stat non-idle) during inflate
              and deflate
   scaling    (4 GiB guests) inflate time for 256 MiB, 1 GiB and 3 GiB
@@ -41,6 +50,12 @@ from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 DRIVERS = ("virtio_balloon", "vballoon")
+FRAG_EVERY = 8          # the fragmenting task gives back one page in 8
+
+# MemAvailable (MiB) left once half the guest is ballooned: above vballoon's
+# floor (1/32 of the guest, at least 32 MiB) and its slack (an eighth more)
+def frag_margin_mib(mem):
+    return max(64, mem // MiB // 16)
 
 
 def log(msg):
@@ -83,6 +98,40 @@ def touch(vm, keep_mib=64):
     vm.guest.check(f"memhog {hog}", timeout=600)
 
 
+def pcp_pages(g):
+    """Pages on the guest's per-CPU free lists, all zones and CPUs."""
+    return sum(int(line.split()[1]) for line in g.read("/proc/zoneinfo").splitlines()
+               if line.strip().startswith("count:"))
+
+
+def drain_cpu(g, cpu):
+    """Empty cpu's per-CPU free lists into the buddy lists: a CPU going
+    offline hands them back."""
+    if cpu:
+        g.check(f"echo 0 >/sys/devices/system/cpu/cpu{cpu}/online; "
+                f"echo 1 >/sys/devices/system/cpu/cpu{cpu}/online")
+
+
+def thp_half(vm, mem):
+    """Host THP (kB) before and after inflating half of a fragmented guest,
+    and the pages left on per-CPU lists; vm must be fresh from boot."""
+    g = vm.guest
+    touch(vm)
+    used = g.meminfo()["MemAvailable"] // 1024 - mem // MiB // 2 - frag_margin_mib(mem)
+    cpu = int(g.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
+    job = g.spawn(f"taskset -c {cpu} memhog -w -f {FRAG_EVERY} "
+                  f"{used * FRAG_EVERY // (FRAG_EVERY - 1)}")
+    job.wait_output(r"^memhog: holding", timeout=600)
+    drain_cpu(g, cpu)
+    pcp = pcp_pages(g)
+    before = vm.rss()["AnonHugePages"]
+    timed_balloon(vm, mem // 2)
+    after = vm.rss()["AnonHugePages"]
+    timed_balloon(vm, mem)
+    job.stop()
+    return before, after, pcp
+
+
 def one_rep(vm, mem, floor_exe, scaling):
     """Measure one repetition on a booted guest with its driver loaded."""
     g, r = vm.guest, {}
@@ -102,18 +151,31 @@ def one_rep(vm, mem, floor_exe, scaling):
     r["floor_s"] = host_floor(floor_exe, size // 4096)
     r["x_floor"] = r["inflate_s"] / r["floor_s"]
 
-    # host huge pages kept when half the guest is ballooned
-    touch(vm)
-    r["thp_before_kb"] = vm.rss()["AnonHugePages"]
-    timed_balloon(vm, mem // 2)
-    r["thp_after_kb"] = vm.rss()["AnonHugePages"]
-    timed_balloon(vm, mem)
-
     if scaling:
         for mib in (256, 1024, 3072):
             r[f"inflate_{mib}_s"] = timed_balloon(vm, mem - mib * MiB)
             timed_balloon(vm, mem)
     return r
+
+
+def start_guest(kver, mem, image, workdir, accel):
+    """Boot a guest of mem MiB, load its driver, run both paths once."""
+    initrd, name = image
+    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem), workdir, accel)
+    if vm is None:
+        sys.exit(f"bench: {kver} guest did not boot:\n" + "\n".join(failed.console.tail(20)))
+    vm.guest.check(f"insmod /lib/{name}.ko")
+    vm.qmp.balloon(mem * MiB - 16 * MiB)        # warm up both paths
+    vm.qmp.wait_actual(mem * MiB - 16 * MiB, 120)
+    vm.qmp.balloon(mem * MiB)
+    vm.qmp.wait_actual(mem * MiB, 120)
+    return vm
+
+
+def no_problems(vm, driver, kver):
+    bad = console_problems(vm.console.text())
+    if bad:
+        sys.exit(f"bench: {driver} on {kver}: console shows {bad[:3]}")
 
 
 def summarize(values):
@@ -147,32 +209,28 @@ def run(args):
             vms = {}
             try:
                 for d in DRIVERS:
-                    initrd, name = images[d]
-                    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem), out / f"{kver}-{mem}-{d}",
-                                      accel)
-                    if vm is None:
-                        sys.exit(f"bench: {kver} guest did not boot:\n" +
-                                 "\n".join(failed.console.tail(20)))
-                    vm.guest.check(f"insmod /lib/{name}.ko")
-                    vm.qmp.balloon(mem * MiB - 16 * MiB)        # warm up both paths
-                    vm.qmp.wait_actual(mem * MiB - 16 * MiB, 120)
-                    vm.qmp.balloon(mem * MiB)
-                    vm.qmp.wait_actual(mem * MiB, 120)
-                    vms[d] = vm
+                    vms[d] = start_guest(kver, mem, images[d], out / f"{kver}-{mem}-{d}", accel)
                 per = {d: [] for d in DRIVERS}
                 for i in range(reps):
                     order = DRIVERS if i % 2 == 0 else DRIVERS[::-1]
                     for d in order:
                         r = one_rep(vms[d], mem * MiB, floor_exe, scaling=mem >= 4096)
+                        fresh = start_guest(kver, mem, images[d], out / f"{kver}-{mem}-{d}-thp",
+                                            accel)
+                        try:
+                            r["thp_before_kb"], r["thp_after_kb"], pcp = thp_half(fresh, mem * MiB)
+                            r["thp_pcp_mib"] = pcp * 4096 / MiB
+                            no_problems(fresh, d, kver)
+                        finally:
+                            fresh.stop()
                         per[d].append(r)
                         log(f"{kver} {mem} MiB {d} rep {i + 1}/{reps}: inflate "
                             f"{r['inflate_mibs']:.0f} MiB/s, deflate {r['deflate_mibs']:.0f} MiB/s, "
                             f"{r['x_floor']:.1f}x floor, rss {r['rss_per_mib']:.2f}, thp "
-                            f"{r['thp_before_kb'] // 1024}->{r['thp_after_kb'] // 1024} MiB")
+                            f"{r['thp_before_kb'] // 1024}->{r['thp_after_kb'] // 1024} MiB "
+                            f"({r['thp_pcp_mib']:.0f} MiB left on per-CPU lists)")
                 for d in DRIVERS:
-                    bad = console_problems(vms[d].console.text())
-                    if bad:
-                        sys.exit(f"bench: {d} on {kver}: console shows {bad[:3]}")
+                    no_problems(vms[d], d, kver)
             finally:
                 for vm in vms.values():
                     vm.stop()
@@ -199,8 +257,8 @@ def machine():
 ROWS = [("inflate MiB/s", "inflate_mibs", "{:.0f}"), ("deflate MiB/s", "deflate_mibs", "{:.0f}"),
         ("inflate / host floor", "x_floor", "{:.1f}x"), ("host floor s", "floor_s", "{:.2f}"),
         ("RSS released per MiB", "rss_per_mib", "{:.2f}"),
-        ("host THP before, MiB", "thp_before_kb", "{:.0f}", 1024),
-        ("host THP after half, MiB", "thp_after_kb", "{:.0f}", 1024),
+        ("host THP before (fragmented guest), MiB", "thp_before_kb", "{:.0f}", 1024),
+        ("host THP after inflating half, MiB", "thp_after_kb", "{:.0f}", 1024),
         ("guest CPU inflate s", "inflate_cpu_s", "{:.2f}"),
         ("guest CPU deflate s", "deflate_cpu_s", "{:.2f}"),
         ("inflate 256 MiB s", "inflate_256_s", "{:.2f}"),
