@@ -21,6 +21,13 @@ def migrate(qmp, uri, bandwidth=32 << 20, timeout=300):
     while True:
         info = qmp.cmd("query-migrate")
         if info.get("status") == "completed":
+            # QEMU says completed from its migration thread and leaves the
+            # finish-migrate run state in a bottom half a little later;
+            # `cont` in between fails with "Migration is not finalized yet"
+            while qmp.cmd("query-status")["status"] == "finish-migrate":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"still in finish-migrate after {timeout} s")
+                time.sleep(0.05)
             return info["ram"]
         if info.get("status") in ("failed", "cancelled"):
             raise RuntimeError(f"migration {info.get('status')}: {info}")
