@@ -87,26 +87,46 @@ def case_params(t):
 @case(fresh=True,
       variants={"huge": dict(params={"huge": 1}), "small": dict(params={"huge": 0})})
 def case_thp(t):
-    """Inflating half of a guest backed by host transparent huge pages: with
-    huge_first the host keeps the huge pages of the other half."""
+    """Inflating half of a fragmented guest backed by host transparent huge
+    pages: with huge_first the balloon takes free 2 MiB blocks and the host
+    keeps the huge pages of the rest; without it (the control) the balloon's
+    single pages come first from the holes a task left in the blocks it
+    uses, and the host loses huge pages the guest still uses."""
     t.load_driver(f"huge_first={t.params['huge']}")
     hog = t.g.meminfo()["MemAvailable"] // 1024 - 48
     t.g.check(f"memhog {hog}", timeout=180)
     thp0 = t.rss()["AnonHugePages"]
     if thp0 < 512 * 1024:
         t.skip(f"host backs only {thp0 // 1024} MiB of the guest with huge pages")
-    v0 = t.g.vmstat()
+    # a task holds all but half the guest and 64 MiB (over the floor),
+    # giving back one page in 8; on the last CPU, which then goes offline
+    # and back so the holes leave its per-CPU free list for the buddy lists
     half = t.mem // 2
-    t.balloon(half)
+    used = t.g.meminfo()["MemAvailable"] // 1024 - half // MiB - 64
+    cpu = int(t.g.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
+    job = t.g.spawn(f"taskset -c {cpu} memhog -w -f 8 {used * 8 // 7}")
+    job.wait_output(r"^memhog: holding", timeout=180)
+    if cpu:
+        t.g.check(f"echo 0 >/sys/devices/system/cpu/cpu{cpu}/online; "
+                  f"echo 1 >/sys/devices/system/cpu/cpu{cpu}/online")
     thp1 = t.rss()["AnonHugePages"]
+    v0 = t.g.vmstat()
+    t.balloon(half)
+    thp2 = t.rss()["AnonHugePages"]
     t.eq(t.g.vmstat()["balloon_inflate"] - v0["balloon_inflate"],
          half // (PAGE_KB * 1024), "balloon_inflate delta")
-    t.log(f"host AnonHugePages {thp0 // 1024} -> {thp1 // 1024} MiB after "
-          f"inflating {half // MiB} MiB")
+    t.log(f"host AnonHugePages {thp0 // 1024} -> {thp1 // 1024} MiB fragmented -> "
+          f"{thp2 // 1024} MiB after inflating {half // MiB} MiB")
+    # every 2 MiB block ballooned whole costs the host exactly one huge page
+    want = thp1 - half // 1024
     if t.params["huge"]:
-        # every 2 MiB block ballooned costs the host exactly one huge page
-        want = thp0 - half // 1024
-        t.check(thp1 >= 0.8 * want,
-                f"host kept {thp1 // 1024} MiB of huge pages, want >= 80% of "
+        t.check(thp2 >= 0.8 * want,
+                f"host kept {thp2 // 1024} MiB of huge pages, want >= 80% of "
                 f"{want // 1024} MiB")
+    else:
+        t.check(thp2 <= 0.7 * want,
+                f"without huge_first the host kept {thp2 // 1024} MiB of huge pages, "
+                f"want <= 70% of {want // 1024} MiB: the guest was not fragmented")
     t.balloon(t.mem)
+    rc, out = job.stop()
+    t.eq(rc, 0, f"memhog exit status ({out.strip()})")
