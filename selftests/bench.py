@@ -52,9 +52,10 @@ MiB = 1 << 20
 DRIVERS = ("virtio_balloon", "vballoon")
 FRAG_EVERY = 8          # the fragmenting task gives back one page in 8
 
-# MemAvailable (MiB) left once half the guest is ballooned: above vballoon's
-# floor (1/32 of the guest, at least 32 MiB) and its slack (an eighth more)
+
 def frag_margin_mib(mem):
+    """MemAvailable (MiB) left once half the guest is ballooned: above
+    vballoon's floor (1/32 of the guest, at least 32 MiB) and its slack."""
     return max(64, mem // MiB // 16)
 
 
@@ -98,38 +99,18 @@ def touch(vm, keep_mib=64):
     vm.guest.check(f"memhog {hog}", timeout=600)
 
 
-def pcp_pages(g):
-    """Pages on the guest's per-CPU free lists, all zones and CPUs."""
-    return sum(int(line.split()[1]) for line in g.read("/proc/zoneinfo").splitlines()
-               if line.strip().startswith("count:"))
-
-
-def drain_cpu(g, cpu):
-    """Empty cpu's per-CPU free lists into the buddy lists: a CPU going
-    offline hands them back."""
-    if cpu:
-        g.check(f"echo 0 >/sys/devices/system/cpu/cpu{cpu}/online; "
-                f"echo 1 >/sys/devices/system/cpu/cpu{cpu}/online")
-
-
 def thp_half(vm, mem):
-    """Host THP (kB) before and after inflating half of a fragmented guest,
-    and the pages left on per-CPU lists; vm must be fresh from boot."""
-    g = vm.guest
+    """Host THP (kB) before and after inflating half of a fragmented guest;
+    vm must be fresh from boot."""
     touch(vm)
-    used = g.meminfo()["MemAvailable"] // 1024 - mem // MiB // 2 - frag_margin_mib(mem)
-    cpu = int(g.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
-    job = g.spawn(f"taskset -c {cpu} memhog -w -f {FRAG_EVERY} "
-                  f"{used * FRAG_EVERY // (FRAG_EVERY - 1)}")
-    job.wait_output(r"^memhog: holding", timeout=600)
-    drain_cpu(g, cpu)
-    pcp = pcp_pages(g)
+    used = vm.guest.meminfo()["MemAvailable"] // 1024 - mem // MiB // 2 - frag_margin_mib(mem)
+    job = vm.guest.fragment(used * FRAG_EVERY // (FRAG_EVERY - 1), FRAG_EVERY)
     before = vm.rss()["AnonHugePages"]
     timed_balloon(vm, mem // 2)
     after = vm.rss()["AnonHugePages"]
     timed_balloon(vm, mem)
     job.stop()
-    return before, after, pcp
+    return before, after
 
 
 def one_rep(vm, mem, floor_exe, scaling):
@@ -218,8 +199,7 @@ def run(args):
                         fresh = start_guest(kver, mem, images[d], out / f"{kver}-{mem}-{d}-thp",
                                             accel)
                         try:
-                            r["thp_before_kb"], r["thp_after_kb"], pcp = thp_half(fresh, mem * MiB)
-                            r["thp_pcp_mib"] = pcp * 4096 / MiB
+                            r["thp_before_kb"], r["thp_after_kb"] = thp_half(fresh, mem * MiB)
                             no_problems(fresh, d, kver)
                         finally:
                             fresh.stop()
@@ -227,8 +207,7 @@ def run(args):
                         log(f"{kver} {mem} MiB {d} rep {i + 1}/{reps}: inflate "
                             f"{r['inflate_mibs']:.0f} MiB/s, deflate {r['deflate_mibs']:.0f} MiB/s, "
                             f"{r['x_floor']:.1f}x floor, rss {r['rss_per_mib']:.2f}, thp "
-                            f"{r['thp_before_kb'] // 1024}->{r['thp_after_kb'] // 1024} MiB "
-                            f"({r['thp_pcp_mib']:.0f} MiB left on per-CPU lists)")
+                            f"{r['thp_before_kb'] // 1024}->{r['thp_after_kb'] // 1024} MiB")
                 for d in DRIVERS:
                     no_problems(vms[d], d, kver)
             finally:

@@ -99,16 +99,10 @@ def case_thp(t):
     if thp0 < 512 * 1024:
         t.skip(f"host backs only {thp0 // 1024} MiB of the guest with huge pages")
     # a task holds all but half the guest and 64 MiB (over the floor),
-    # giving back one page in 8; on the last CPU, which then goes offline
-    # and back so the holes leave its per-CPU free list for the buddy lists
+    # giving back one page in 8
     half = t.mem // 2
     used = t.g.meminfo()["MemAvailable"] // 1024 - half // MiB - 64
-    cpu = int(t.g.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
-    job = t.g.spawn(f"taskset -c {cpu} memhog -w -f 8 {used * 8 // 7}")
-    job.wait_output(r"^memhog: holding", timeout=180)
-    if cpu:
-        t.g.check(f"echo 0 >/sys/devices/system/cpu/cpu{cpu}/online; "
-                  f"echo 1 >/sys/devices/system/cpu/cpu{cpu}/online")
+    job = t.g.fragment(used * 8 // 7, 8, timeout=180)
     thp1 = t.rss()["AnonHugePages"]
     v0 = t.g.vmstat()
     t.balloon(half)

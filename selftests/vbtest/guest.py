@@ -271,6 +271,21 @@ class Guest:
         self.jobs.append(job)
         return job
 
+    def fragment(self, mib, every=8, timeout=600):
+        """Leave free single pages inside blocks still in use: a job holds
+        mib MiB in 4 KiB pages and gives back one page in every (memhog -f).
+        It runs on the last CPU, which then goes offline and back: a CPU
+        going offline hands its per-CPU free lists to the buddy lists,
+        where 6.12 would otherwise keep up to 27 MiB per CPU (1 GiB guest)
+        out of other CPUs' reach for good. Returns the holding Job."""
+        cpu = int(self.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
+        job = self.spawn(f"taskset -c {cpu} memhog -w -f {every} {mib}")
+        job.wait_output(r"^memhog: holding", timeout=timeout)
+        if cpu:
+            self.check(f"echo 0 >/sys/devices/system/cpu/cpu{cpu}/online; "
+                       f"echo 1 >/sys/devices/system/cpu/cpu{cpu}/online")
+        return job
+
     def kill_jobs(self):
         for job in self.jobs:
             self.run(f"kill -KILL {job.pid} 2>/dev/null")
