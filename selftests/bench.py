@@ -8,6 +8,8 @@ repetition and driver:
 
   inflate    full -> 25% of RAM, MiB/s from the QMP `balloon` command until
              query-balloon reports the target (polled every 10 ms)
+  stalls     seconds of that inflate during which query-balloon did not
+             move for STALL_S or more (a driver waiting, e.g. at its floor)
   deflate    back to full, likewise
   floor      a host process discarding the same number of 4 KiB pages with
              one madvise(MADV_DONTNEED) each (selftests/host/madvise_floor.c)
@@ -51,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 DRIVERS = ("virtio_balloon", "vballoon")
 FRAG_EVERY = 8          # the fragmenting task gives back one page in 8
+STALL_S = 0.25          # the balloon standing still this long is a stall
 
 
 def frag_margin_mib(mem):
@@ -83,15 +86,24 @@ def guest_busy(g):
     return (sum(f) - f[3] - f[4]) / 100.0
 
 
-def timed_balloon(vm, target, timeout=600):
-    """Seconds from the balloon command until query-balloon says target."""
-    t0 = time.monotonic()
+def timed_balloon(vm, target, timeout=600, stalls=None):
+    """Seconds from the balloon command until query-balloon says target.
+    With a list for stalls, append each stretch of STALL_S or more during
+    which the balloon did not move (a driver waiting, e.g. at its floor)."""
+    last = vm.qmp.query_balloon()
+    t0 = moved = time.monotonic()
     vm.qmp.balloon(target)
-    while vm.qmp.query_balloon() != target:
-        if time.monotonic() - t0 > timeout:
+    while True:
+        actual, now = vm.qmp.query_balloon(), time.monotonic()
+        if actual != last:
+            if stalls is not None and now - moved >= STALL_S:
+                stalls.append(now - moved)
+            last, moved = actual, now
+        if actual == target:
+            return now - t0
+        if now - t0 > timeout:
             raise TimeoutError(f"target {target // MiB} MiB not reached")
         time.sleep(0.01)
-    return time.monotonic() - t0
 
 
 def touch(vm, keep_mib=64):
@@ -120,7 +132,9 @@ def one_rep(vm, mem, floor_exe, scaling):
     size = mem * 3 // 4
     rss0 = vm.rss()
     c0 = guest_busy(g)
-    r["inflate_s"] = timed_balloon(vm, mem - size)
+    stalls = []
+    r["inflate_s"] = timed_balloon(vm, mem - size, stalls=stalls)
+    r["inflate_stall_s"] = sum(stalls)
     c1 = guest_busy(g)
     rss1 = vm.rss()
     r["deflate_s"] = timed_balloon(vm, mem)
@@ -238,6 +252,7 @@ ROWS = [("inflate MiB/s", "inflate_mibs", "{:.0f}"), ("deflate MiB/s", "deflate_
         ("RSS released per MiB", "rss_per_mib", "{:.2f}"),
         ("host THP before (fragmented guest), MiB", "thp_before_kb", "{:.0f}", 1024),
         ("host THP after inflating half, MiB", "thp_after_kb", "{:.0f}", 1024),
+        ("inflate s standing still (stalls)", "inflate_stall_s", "{:.2f}"),
         ("guest CPU inflate s", "inflate_cpu_s", "{:.2f}"),
         ("guest CPU deflate s", "deflate_cpu_s", "{:.2f}"),
         ("inflate 256 MiB s", "inflate_256_s", "{:.2f}"),
@@ -267,7 +282,7 @@ def markdown(res):
                 return (f"{fmt.format(s['median'] / div)} ({fmt.format(s['min'] / div)}-"
                         f"{fmt.format(s['max'] / div)})")
             ratio = ""
-            if a[key]["median"]:
+            if a[key]["median"] and key != "inflate_stall_s":
                 q = b[key]["median"] / a[key]["median"]
                 if key.endswith("_s") or key == "x_floor":
                     ratio = f"{1 / q:.2f}x faster" if q else ""
