@@ -350,8 +350,8 @@ def main():
         f"; {time.monotonic() - t0:.0f} s")
     if args.doc:
         doc = REPO / "Documentation" / "benchmarks.md"
-        doc.write_text(md + "\nProduced by `make bench` (selftests/bench.py); "
-                       "see Documentation/vballoon.rst for what each figure means.\n")
+        doc.write_text(md + "\nProduced by `make bench`: the header of selftests/bench.py "
+                       "says how each figure is measured.\n")
         if png:
             shutil.copy(png, REPO / "Documentation" / "benchmarks.png")
     return 0
