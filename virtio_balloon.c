@@ -567,9 +567,12 @@ static unsigned int vb_batch_pages(void)
 
 /*
  * Allocate up to @want pages onto @list: first what is left of a split
- * huge block, then whole huge blocks while the guest has them free and
- * @room (pages still wanted this pass) can take one, then single pages in
- * bulk. Return: pages allocated.
+ * huge block; in a batch that starts on a block boundary, a whole huge
+ * block if the guest has one free and @room (pages still wanted this
+ * pass) can take it; then single pages in bulk. A block is at least a
+ * batch, and a batch that starts with the rest of one is made up with
+ * single pages, so the stash empties: the floor is only checked, and a
+ * pass can only end, between blocks. Return: pages allocated.
  */
 static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 			     unsigned int want, unsigned long room)
@@ -582,10 +585,10 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 		vb->nr_stash--;
 		n++;
 	}
-	while (n < want && READ_ONCE(huge_first) && room - n >= VB_HUGE_PAGES) {
+	page = NULL;
+	if (!n && READ_ONCE(huge_first) && room >= VB_HUGE_PAGES)
 		page = alloc_pages(VB_HUGE_GFP, VB_HUGE_ORDER);
-		if (!page)
-			break;
+	if (page) {
 		split_page(page, VB_HUGE_ORDER);
 		for (i = 0; i < VB_HUGE_PAGES; i++) {
 			if (n < want) {

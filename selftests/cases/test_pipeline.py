@@ -60,7 +60,9 @@ def case_progress(t):
 @case()
 def case_params(t):
     """batch and huge_first: bad values fail the load naming the parameter;
-    small batches without huge pages still reach the targets exactly."""
+    small batches without huge pages still reach the targets exactly; a
+    batch that does not divide a 2 MiB block still ends each pass (actual
+    moves) and stops at the floor."""
     for bad in ("batch=0", "batch=257", "batch=x", "huge_first=maybe"):
         mark = t.vm.console.mark()
         rc, out = t.g.run(f"insmod /lib/{t.driver}.ko {bad}")
@@ -82,6 +84,34 @@ def case_params(t):
     t.balloon(t.mem)
     t.eq(t.g.vmstat()["balloon_deflate"] - v0["balloon_deflate"], pages,
          "balloon_deflate delta")
+    t.unload_driver()
+
+    # 99 does not divide a 2 MiB block: a block split across buffers must
+    # still let each pass end (actual moves) and the floor be checked
+    dev = t.load_driver("batch=99")
+    floor_mib = int(t.g.read(f"{dev}/balloon/floor_mib"))
+    t.qmp.balloon(t.keep(16))
+    t0 = time.monotonic()
+    seen = [t.qmp.query_balloon()]
+    while time.monotonic() - t0 < 3:
+        a = t.qmp.query_balloon()
+        if a != seen[-1]:
+            seen.append(a)
+        time.sleep(0.05)
+    t.log(f"batch=99: actual took {len(seen)} values in 3 s: "
+          f"{[x // MiB for x in seen[:8]]}...")
+    t.check(len(seen) >= 8, f"batch=99: actual moved {len(seen) - 1} times in 3 s")
+    actual = t.qmp.wait_actual(t.keep(16), 120, settle=4)
+    avail = t.g.meminfo()["MemAvailable"] // 1024
+    t.log(f"batch=99, asked to keep 16 MiB: kept {actual // MiB} MiB, "
+          f"MemAvailable {avail} MiB, floor {floor_mib} MiB")
+    t.check(actual > t.keep(16), "batch=99: the balloon took all it was asked for")
+    # the floor is checked before each block; the guest's own use and
+    # reclaim move MemAvailable by a few MiB after (as in stuck_balloon)
+    t.check(avail >= floor_mib * 3 // 4, f"batch=99: MemAvailable {avail} MiB, "
+            f"far under the {floor_mib} MiB floor")
+    t.check(int(t.bsys("refusals")) >= 1, "batch=99: no refusal counted")
+    t.balloon(t.mem)
 
 
 @case(fresh=True,
