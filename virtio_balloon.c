@@ -227,6 +227,7 @@ enum vb_counter {
 	VB_CNT_REPORTS,
 	VB_CNT_REPORTED_BYTES,
 	VB_CNT_STATS_REQUESTS,
+	VB_CNT_PCP_PAGES,
 	VB_NR_COUNTERS
 };
 
@@ -260,6 +261,8 @@ struct vballoon {
 
 	/* Automatic floor: the least MemAvailable kept, in guest pages. */
 	unsigned long floor_pages;
+	/* Pages taken from per-CPU lists for this target (vb_inflate()). */
+	unsigned long pcp_taken;
 	/* Guest-side policy; module parameters give the defaults. */
 	unsigned int reserve_mib;
 	unsigned int max_pct;
@@ -500,13 +503,17 @@ static long vb_available(struct vballoon *vb)
 	return avail;
 }
 
-/* Can the guest spare @n more pages and still keep its floor? */
-static bool vb_can_spare(struct vballoon *vb, unsigned long n)
+/*
+ * Pages the balloon may still take before MemAvailable reaches its stop
+ * line, the floor plus the slack; 0 at or under it.
+ */
+static unsigned long vb_room(struct vballoon *vb)
 {
 	unsigned long floor = vb_floor(vb);
+	unsigned long stop = floor + vb_slack(floor);
 	long avail = vb_available(vb);
 
-	return avail > 0 && (unsigned long)avail >= floor + vb_slack(floor) + n;
+	return avail > 0 && (unsigned long)avail > stop ? avail - stop : 0;
 }
 
 /*
@@ -567,15 +574,17 @@ static unsigned int vb_batch_pages(void)
 
 /*
  * Allocate up to @want pages onto @list: first what is left of a split
- * huge block; in a batch that starts on a block boundary, a whole huge
- * block if the guest has one free and @room (pages still wanted this
- * pass) can take it; then single pages in bulk. A block is at least a
- * batch, and a batch that starts with the rest of one is made up with
- * single pages, so the stash empties: the floor is only checked, and a
- * pass can only end, between blocks. Return: pages allocated.
+ * huge block, then up to @stock single pages (served from this CPU's
+ * per-CPU free lists); in a batch that starts on a block boundary, a
+ * whole huge block if the guest has one free and @room (pages still
+ * wanted this pass) can take it; then single pages in bulk. A block is at
+ * least a batch, and a batch that starts with the rest of one is made up
+ * with single pages, so the stash empties: the floor is only checked, and
+ * a pass can only end, between blocks. Return: pages allocated.
  */
 static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
-			     unsigned int want, unsigned long room)
+			     unsigned int want, unsigned long room,
+			     unsigned long stock)
 {
 	unsigned int n = 0, i;
 	struct page *page;
@@ -584,6 +593,13 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 		list_move_tail(vb->stash.next, list);
 		vb->nr_stash--;
 		n++;
+	}
+	if (n < want && stock) {
+		i = min_t(unsigned long, want - n, stock);
+		i = alloc_pages_bulk_list(VB_GFP, i, list);
+		vb->pcp_taken += i;
+		atomic64_add(i, &vb->cnt[VB_CNT_PCP_PAGES]);
+		n += i;
 	}
 	page = NULL;
 	if (!n && READ_ONCE(huge_first) && room >= VB_HUGE_PAGES)
@@ -606,6 +622,32 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 }
 
 /*
+ * Pages to take from this CPU's per-CPU free lists first, when taking
+ * @over more pages than the room left would cross the stop line.
+ *
+ * Since v6.7 a CPU that freed much (a task that exited, the balloon's own
+ * deflate) keeps up to high_max pages on its per-CPU lists, 58 MiB per
+ * CPU on a 1 GiB guest, and gives the part over high_min back by an
+ * eighth a second. MemAvailable does not count those pages: a target
+ * within reach of the floor stopped there, waited 0.6 to 3 s for the lists
+ * to shrink, then took the same memory from the buddy lists. Taking that
+ * part first, while MemAvailable is above the stop line (the caller
+ * checks that for every batch), ends in the same place without the wait.
+ * A task that keeps freeing on this CPU keeps its lists that long, and
+ * refills them from the buddy lists after the balloon took from them: at
+ * most half the floor per target is taken this way, so even then the
+ * guest keeps half its floor.
+ */
+static unsigned long vb_pcp_first(struct vballoon *vb, unsigned long over)
+{
+	unsigned long cap = vb_floor(vb) / 2;
+
+	if (vb->pcp_taken >= cap)
+		return 0;
+	return min3(over, cap - vb->pcp_taken, vballoon_pcp_surplus());
+}
+
+/*
  * Inflate by up to @units 4 KiB units for at most one pass, with up to
  * max_inflight buffers on the queue at once.
  * Return: units added to the balloon.
@@ -616,6 +658,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	unsigned int per_buf = vb_batch_pages();
 	unsigned int pages = units / VB_UNITS_PER_PAGE;
 	unsigned int done = 0, want, n, order;
+	unsigned long room, stock;
 	struct page *page, *tmp;
 	struct vb_buf *buf;
 	u64 t0 = 0;
@@ -625,13 +668,20 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	while (done < pages &&
 	       (vb->nr_stash || time_before(jiffies, deadline))) {
 		want = min(pages - done, per_buf);
-		if (!vb->nr_stash && !vb_can_spare(vb, want))
-			break;
+		stock = 0;
+		if (!vb->nr_stash) {
+			/* Every new allocation keeps the floor. */
+			room = vb_room(vb);
+			if (room < want)
+				break;
+			if (pages - done > room)
+				stock = vb_pcp_first(vb, pages - done - room);
+		}
 		if (trace_vballoon_inflate_enabled())
 			t0 = ktime_get_ns();
 		/* Pages left of a split block, or new blocks: huge order. */
 		order = vb->nr_stash ? VB_HUGE_ORDER : 0;
-		n = vb_alloc(vb, &list, want, pages - done);
+		n = vb_alloc(vb, &list, want, pages - done, stock);
 		if (n < want) {
 			atomic64_inc(&vb->cnt[VB_CNT_ALLOC_FAILURES]);
 			atomic64_set(&vb->cnt[VB_CNT_LAST_ALLOC_FAILURE_MS],
@@ -846,6 +896,7 @@ static void vb_size_work(struct work_struct *work)
 		vb->prev_target = vb->last_target;
 		vb->last_target = target;
 		vb->last_target_ms = vb_now_ms();
+		vb->pcp_taken = 0;
 		trace_vballoon_target(target, held, goal);
 	}
 
@@ -1479,6 +1530,7 @@ VB_COUNTER_ATTR(hinted_pages, VB_CNT_HINTED_PAGES);
 VB_COUNTER_ATTR(reports, VB_CNT_REPORTS);
 VB_COUNTER_ATTR(reported_bytes, VB_CNT_REPORTED_BYTES);
 VB_COUNTER_ATTR(stats_requests, VB_CNT_STATS_REQUESTS);
+VB_COUNTER_ATTR(pcp_pages, VB_CNT_PCP_PAGES);
 
 static struct attribute *vb_attrs[] = {
 	&dev_attr_target_pages.attr,
@@ -1503,6 +1555,7 @@ static struct attribute *vb_attrs[] = {
 	&vb_counter_attr_reports.attr.attr,
 	&vb_counter_attr_reported_bytes.attr.attr,
 	&vb_counter_attr_stats_requests.attr.attr,
+	&vb_counter_attr_pcp_pages.attr.attr,
 	NULL,
 };
 
@@ -1572,6 +1625,8 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 		   vb->last_target_ms ? vb_now_ms() - vb->last_target_ms : 0);
 	seq_printf(m, "mem_available: %ld\n", si_mem_available());
 	seq_printf(m, "watermark_boost: %lu\n", vb_boost_pages());
+	seq_printf(m, "pcp_surplus: %lu (reading CPU), taken for this target %lu\n",
+		   vballoon_pcp_surplus(), READ_ONCE(vb->pcp_taken));
 	seq_printf(m, "floor: %lu (automatic %lu, reserve %u MiB), slack %lu\n",
 		   floor, vb->floor_pages, READ_ONCE(vb->reserve_mib),
 		   vb_slack(floor));

@@ -74,6 +74,37 @@ static inline int vballoon_find_vqs(struct virtio_device *vdev,
 #endif
 
 /*
+ * v6.7: a CPU's per-CPU free lists grow up to high_max after a run of
+ * frees and shrink back to high_min by themselves, an eighth of the
+ * difference a second (decay_pcp_high()); before, their size was fixed.
+ * Return: pages on this CPU's lists above high_min, all zones; 0 before
+ * v6.7, where no such pages come back on their own.
+ */
+static inline unsigned long vballoon_pcp_surplus(void)
+{
+	unsigned long surplus = 0;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+	struct per_cpu_pages *pcp;
+	struct zone *zone;
+	int nid, i, n;
+
+	for_each_online_node(nid) {
+		for (i = 0; i < MAX_NR_ZONES; i++) {
+			zone = &NODE_DATA(nid)->node_zones[i];
+			if (!managed_zone(zone))
+				continue;
+			/* A hint only: read without the list's lock. */
+			pcp = raw_cpu_ptr(zone->per_cpu_pageset);
+			n = READ_ONCE(pcp->count) - READ_ONCE(pcp->high_min);
+			if (n > 0)
+				surplus += n;
+		}
+	}
+#endif
+	return surplus;
+}
+
+/*
  * v6.7: shrinkers are allocated by shrinker_alloc() and carry private data;
  * before, the caller embedded one and registered it with a name.
  */

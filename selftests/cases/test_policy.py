@@ -191,3 +191,54 @@ def case_defaults(t):
     t.balloon(t.keep(256))
     t.eq(t.bsys("refusals"), "0", "refusals")
     t.balloon(t.mem)
+
+
+def kernel_at_least(t, major, minor):
+    return tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", t.kver).groups()) >= (major, minor)
+
+
+@case(timeout=300)
+def case_pcp_first(t):
+    """Since 6.7 a CPU that freed much keeps the pages on its per-CPU lists
+    for seconds, where MemAvailable does not count them. A target 12 MiB
+    past the floor's stop line, right after a task exited on each CPU, is
+    reached without a refusal: the balloon takes those pages first
+    (pcp_pages), at most half the floor, and the guest keeps its floor."""
+    only_vballoon(t)
+    if not kernel_at_least(t, 6, 7):
+        t.skip("before 6.7 the per-CPU lists have a fixed size")
+    dev = t.load_driver()
+    name = dev.rsplit("/", 1)[1]
+    floor_mib = int(t.g.read(attr(t, dev, "floor_mib")))
+    # close to the floor first, so the last step is short
+    avail = t.g.meminfo()["MemAvailable"] * 1024
+    t.balloon(t.mem - (avail - (floor_mib + 160) * MiB))
+    cpus = int(t.g.read("/sys/devices/system/cpu/online").strip().split("-")[-1]) + 1
+    a0 = t.bsys()
+    # one command, so the lists have little time to shrink before the target
+    hogs = " && ".join(f"taskset -c {cpu} memhog 96" for cpu in range(cpus))
+    out = t.g.check(f"{hogs} && cat /sys/kernel/debug/vballoon/{name}", timeout=120)
+    t.check(out.count("memhog: touched 96 MiB") == cpus, f"memhog on {cpus} CPUs:\n{out}")
+    f = dict(re.findall(r"^(\w+): (.*)$", out, re.M))
+    floor, slack = (int(x) for x in re.match(r"(\d+) .*slack (\d+)", f["floor"]).groups())
+    room = int(f["mem_available"]) - int(f["watermark_boost"]) - floor - slack
+    t.log(f"after memhog on {cpus} CPUs: room over the stop line {room * t.page // MiB} MiB, "
+          f"surplus {f['pcp_surplus']}")
+    t.check(room > 0, f"no room over the stop line: {f}")
+    over = 12 * MiB
+    target = t.qmp.query_balloon() - room * t.page - over
+    t.balloon(target, timeout=60)
+    a = t.bsys()
+    mi = t.g.meminfo()
+    taken = (a["pcp_pages"] - a0["pcp_pages"]) * t.page
+    t.log(f"reached {target // MiB} MiB: {taken // MiB} MiB from per-CPU lists, "
+          f"MemAvailable {mi['MemAvailable'] // 1024} MiB")
+    t.eq(t.qmp.query_balloon(), target, "host's actual")
+    t.eq(a["refusals"], a0["refusals"], "refusals (the balloon never stopped short)")
+    t.check(taken > 0, "no page came from the per-CPU lists")
+    t.check(taken <= floor_mib * MiB // 2, f"{taken // MiB} MiB from the per-CPU lists, "
+            f"more than half the {floor_mib} MiB floor")
+    t.check(mi["MemAvailable"] >= floor_mib * 1024,
+            f"MemAvailable {mi['MemAvailable'] // 1024} MiB under the {floor_mib} MiB floor")
+    t.check_counters()
+    t.balloon(t.mem)
