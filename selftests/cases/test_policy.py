@@ -213,7 +213,7 @@ def case_pcp_first(t):
     # close to the floor first, so the last step is short
     avail = t.g.meminfo()["MemAvailable"] * 1024
     t.balloon(t.mem - (avail - (floor_mib + 160) * MiB))
-    cpus = int(t.g.read("/sys/devices/system/cpu/online").strip().split("-")[-1]) + 1
+    cpus = t.g.last_cpu() + 1
     a0 = t.bsys()
     # one command, so the lists have little time to shrink before the target
     hogs = " && ".join(f"taskset -c {cpu} memhog 96" for cpu in range(cpus))

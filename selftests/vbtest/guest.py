@@ -271,6 +271,10 @@ class Guest:
         self.jobs.append(job)
         return job
 
+    def last_cpu(self):
+        """The highest online CPU number (the CPUs online are 0-N)."""
+        return int(self.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
+
     def fragment(self, mib, every=8, timeout=600):
         """Leave free single pages inside blocks still in use: a job holds
         mib MiB in 4 KiB pages and gives back one page in every (memhog -f).
@@ -278,7 +282,7 @@ class Guest:
         going offline hands its per-CPU free lists to the buddy lists,
         where 6.12 would otherwise keep up to 27 MiB per CPU (1 GiB guest)
         out of other CPUs' reach for good. Returns the holding Job."""
-        cpu = int(self.read("/sys/devices/system/cpu/online").strip().split("-")[-1])
+        cpu = self.last_cpu()
         job = self.spawn(f"taskset -c {cpu} memhog -w -f {every} {mib}")
         job.wait_output(r"^memhog: holding", timeout=timeout)
         if cpu:
