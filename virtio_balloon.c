@@ -623,20 +623,14 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 
 /*
  * Pages to take from this CPU's per-CPU free lists first, when taking
- * @over more pages than the room left would cross the stop line.
- *
- * Since v6.7 a CPU that freed much (a task that exited, the balloon's own
- * deflate) keeps up to high_max pages on its per-CPU lists, 58 MiB per
- * CPU on a 1 GiB guest, and gives the part over high_min back by an
- * eighth a second. MemAvailable does not count those pages: a target
- * within reach of the floor stopped there, waited 0.6 to 3 s for the lists
- * to shrink, then took the same memory from the buddy lists. Taking that
- * part first, while MemAvailable is above the stop line (the caller
- * checks that for every batch), ends in the same place without the wait.
- * A task that keeps freeing on this CPU keeps its lists that long, and
- * refills them from the buddy lists after the balloon took from them: at
- * most half the floor per target is taken this way, so even then the
- * guest keeps half its floor.
+ * @over more pages than the room left would cross the stop line: up to
+ * their surplus (vballoon_pcp_surplus(), memory MemAvailable does not
+ * count that the lists give back within seconds), so the balloon ends
+ * where it would have ended without waiting for them. The caller still
+ * checks the stop line before every batch. A task that keeps freeing on
+ * this CPU keeps its lists full and refills them from the buddy lists
+ * after the balloon took from them: at most half the floor per target is
+ * taken this way, so even then the guest keeps half its floor.
  */
 static unsigned long vb_pcp_first(struct vballoon *vb, unsigned long over)
 {
