@@ -3,8 +3,9 @@
 # vballoon: out-of-tree virtio memory balloon driver.
 #
 #   make                  build for the running kernel (or KVER=/KDIR=)
-#   make all-kernels      build for every kernel with headers installed,
-#                         into build/<kver>/vballoon.ko
+#   make all-kernels      build for every kernel with headers installed
+#                         and every kernel of scripts/kernels.sh list (other
+#                         suites, in their chroots), into build/<kver>/vballoon.ko
 #   make check            install what is missing, build, run the suite
 #                         (x86 kernels and the arm64 16k-page guest)
 #   make check-arm64      the arm64 cases on both arm64 flavours (16k, 4k)
@@ -34,7 +35,13 @@ VB_VERSION := $(shell cat $(CURDIR)/VERSION)
 # What DKMS and the Debian package ship in /usr/src/vballoon-<version>.
 DKMS_SRC = $(DESTDIR)/usr/src/vballoon-$(VB_VERSION)
 DEB_DIR ?= $(CURDIR)/build/deb
-KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))))
+HOST_KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/build))))
+# Other suites' kernels (5.10, 7.x): built in debootstrap chroots and booted
+# from the cache of scripts/kernels.sh (VB_CACHE).
+VB_CACHE ?= /var/cache/vballoon
+export VB_CACHE
+CHROOT_KERNELS := $(filter-out $(HOST_KERNELS),$(shell scripts/kernels.sh list 2>/dev/null))
+KERNELS = $(sort $(HOST_KERNELS) $(CHROOT_KERNELS))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
@@ -54,6 +61,13 @@ build/%/vballoon.ko: $(SRCS) $(wildcard include/*.h)
 	@mkdir -p build/$*
 	@for f in $(SRCS); do ln -sfn $(CURDIR)/$$f build/$*/$$f; done
 	$(MAKE) -C /lib/modules/$*/build M=$(CURDIR)/build/$* $(KBUILD_EXTRA) modules
+
+# The same for a kernel of another suite, in its chroot: a static pattern
+# rule, which make prefers to the one above.
+$(foreach k,$(CHROOT_KERNELS),build/$(k)/vballoon.ko): build/%/vballoon.ko: $(SRCS) $(wildcard include/*.h)
+	@mkdir -p build/$*
+	@for f in $(SRCS); do ln -sfn $(CURDIR)/$$f build/$*/$$f; done
+	scripts/kernels.sh build $* build/$* $(KBUILD_EXTRA)
 
 all-kernels: $(foreach k,$(KERNELS),build/$(k)/vballoon.ko)
 
@@ -81,10 +95,12 @@ check:
 	scripts/deps.sh --if-missing
 	$(MAKE) check-suite
 
-# The x86 kernels with headers and an image; none is an error, not a pass.
-CHECK_KERNELS = $(foreach k,$(KERNELS),$(if $(wildcard /boot/vmlinuz-$(k)),$(k)))
+# The x86 kernels with headers and an image (the host's, and the other
+# suites' unpacked under $(VB_CACHE)/x86/root); none is an error, not a pass.
+CHECK_KERNELS = $(foreach k,$(KERNELS),$(if $(wildcard /boot/vmlinuz-$(k) \
+	$(VB_CACHE)/x86/root/boot/vmlinuz-$(k)),$(k)))
 check-suite:
-	$(if $(CHECK_KERNELS),,$(error no x86 kernel with headers and /boot/vmlinuz: run make deps))
+	$(if $(CHECK_KERNELS),,$(error no x86 kernel with headers and an image: run make deps))
 	$(MAKE) all-kernels
 	$(MAKE) cross-arm64 ARM64_FLAVOURS="$(CHECK_ARM64)"
 	$(PYTHON) selftests/runner.py $(addprefix --kernel ,$(CHECK_KERNELS)) \

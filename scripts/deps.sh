@@ -1,9 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
-# Install what building, testing and linting vballoon needs on Debian 12.
+# Install what building, testing and linting vballoon needs on Debian 12,
+# then the other suites' kernels (scripts/kernels.sh setup).
 # Usage: scripts/deps.sh [--if-missing]
 #   --if-missing  only call apt-get when something is actually missing
 set -eu
+kernels="$(dirname "$0")/kernels.sh"
 
 PKGS="build-essential kmod cpio xz-utils zstd python3 sparse busybox-static \
 qemu-system-x86 qemu-system-arm qemu-utils \
@@ -21,15 +23,22 @@ for p in $PKGS; do
 	fi
 done
 
-if [ "${1:-}" = "--if-missing" ] && [ -z "$missing" ]; then
-	exit 0
-fi
-[ -n "$missing" ] || { echo "deps: everything is installed"; exit 0; }
-
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-echo "deps: installing:$missing"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-# shellcheck disable=SC2086
-$SUDO apt-get install -y -q --no-install-recommends $missing
+if [ -n "$missing" ]; then
+	echo "deps: installing:$missing"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -q
+	# shellcheck disable=SC2086
+	$SUDO apt-get install -y -q --no-install-recommends $missing
+elif [ "${1:-}" != "--if-missing" ]; then
+	echo "deps: everything is installed"
+fi
+
+# The chroots only when never set up with --if-missing (no apt call then);
+# make deps follows the suites to their current kernels.
+if [ "${1:-}" = "--if-missing" ]; then
+	"$kernels" setup --if-missing
+else
+	"$kernels" setup
+fi

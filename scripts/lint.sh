@@ -1,8 +1,9 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # make lint: checkpatch --strict (from Debian's linux-source-6.12), sparse
-# (C=2) and W=1 builds on every kernel with headers (and the arm64 ones
-# make cross-arm64 unpacked), kernel-doc -none; pyflakes on the test
+# (C=2) and W=1 builds on every kernel with headers (those of the other
+# suites in their chroots, scripts/kernels.sh, and the arm64 ones make
+# cross-arm64 unpacked), kernel-doc -none; pyflakes on the test
 # harness and docutils on Documentation/*.rst.
 # Prints what each tool says; exits non-zero if any said anything.
 set -u
@@ -69,7 +70,8 @@ for f in Documentation/*.rst; do
 done > "$out/rst.log" 2>&1
 say rst
 
-# build KDIR KVER [make arguments]: W=1 and sparse on one kernel
+# build KDIR KVER [make arguments]: W=1 and sparse on one kernel; KDIR
+# "chroot" builds in the chroot of another suite's kernel
 build() {
 	kdir=$1 kver=$2
 	shift 2
@@ -79,14 +81,20 @@ build() {
 	for f in Kbuild VERSION virtio_balloon.c balloon_compaction.c include; do
 		ln -sfn "$top/$f" "$bdir/$f"
 	done
-	make -s -C "$kdir" M="$bdir" W=1 C=2 "$@" modules 2>&1 |
-		grep -v "^Skipping BTF generation" > "$out/build-$kver.log"
+	if [ "$kdir" = chroot ]; then
+		scripts/kernels.sh build "$kver" "$bdir" -s W=1 C=2 "$@"
+	else
+		make -s -C "$kdir" M="$bdir" W=1 C=2 "$@" modules
+	fi 2>&1 | grep -v "^Skipping BTF generation" > "$out/build-$kver.log"
 	say "build-$kver"
 }
 
 for kdir in /lib/modules/*/build; do
 	[ -d "$kdir" ] || continue
 	build "$kdir" "$(basename "$(dirname "$kdir")")"
+done
+for kver in $(scripts/kernels.sh list); do
+	[ -d "/lib/modules/$kver/build" ] || build chroot "$kver"
 done
 # arm64 headers that make cross-arm64 unpacked
 for kdir in build/arm64/root/usr/src/linux-headers-*; do
