@@ -4,8 +4,10 @@
 Everything else in the harness is the same for both; a kernel's platform
 follows from its release string (Debian's arm64 kernels end in -arm64 or
 -arm64-16k).  x86_64 kernels are the host's own, installed under /boot and
-/lib/modules; arm64 kernels are Debian's packages unpacked (not installed)
-under build/arm64/root by scripts/arm64.sh --guest.
+/lib/modules, or other Debian suites' (5.10, 7.x) unpacked under
+$VB_CACHE/x86/root by scripts/kernels.sh setup; arm64 kernels are Debian's
+packages unpacked (not installed) under build/arm64/root by
+scripts/arm64.sh --guest.
 """
 import os
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 ARM64_ROOT = REPO / "build" / "arm64" / "root"
 DEBUG_ROOT = REPO / "build" / "debug" / "root"
+VB_CACHE = Path(os.environ.get("VB_CACHE") or "/var/cache/vballoon")
+SUITES_ROOT = VB_CACHE / "x86" / "root"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class Platform:
 
 X86_64 = Platform("x86_64", Path("/"), "qemu-system-x86_64", (), "ttyS0",
                   "/dev/ttyS1", "gcc", Path("/bin/busybox"))
+# Other suites' x86_64 kernels (scripts/kernels.sh): guests like the host's.
+X86_SUITES = Platform("x86_64", SUITES_ROOT, "qemu-system-x86_64", (), "ttyS0",
+                      "/dev/ttyS1", "gcc", Path("/bin/busybox"))
 # GICv3 with its ITS, as arm64 cloud hosts have (virtio-pci devices with
 # MSI-X vectors use it).
 ARM64 = Platform("arm64", ARM64_ROOT, "qemu-system-aarch64",
@@ -94,7 +101,7 @@ X86_DEBUG = Platform("x86_64", DEBUG_ROOT, "qemu-system-x86_64", (), "ttyS0",
                      "/dev/ttyS1", "gcc", Path("/bin/busybox"), ("debug",),
                      "rcupdate.rcu_cpu_stall_timeout=300 no5lvl", 256, "acpi=noirq")
 # Found without --kernel; the debug kernel is asked for by name.
-PLATFORMS = (X86_64, ARM64)
+PLATFORMS = (X86_64, X86_SUITES, ARM64)
 
 
 def platform_of(kver):
@@ -103,6 +110,9 @@ def platform_of(kver):
         return ARM64
     if kver.endswith("-vbdebug"):
         return X86_DEBUG
+    # the host's own kernel wins over a copy of the same release
+    if not X86_64.kernel(kver).exists() and X86_SUITES.kernel(kver).exists():
+        return X86_SUITES
     return X86_64
 
 
