@@ -161,7 +161,8 @@ install: modules
 
 uninstall:
 	rm -f $(DESTDIR)/lib/modules/$(KVER)/updates/vballoon.ko*
-	rm -f $(DESTDIR)$(MODPROBE_CONF)
+	ls $(DESTDIR)/lib/modules/*/updates/vballoon.ko* >/dev/null 2>&1 || \
+		rm -f $(DESTDIR)$(MODPROBE_CONF)
 	$(if $(DESTDIR),,depmod -a $(KVER))
 
 # The sources as DKMS wants them, with the version from VERSION put into
