@@ -241,7 +241,9 @@ setup)
 list)
 	for s in $(suites); do
 		kver=$(cat "$chroots/$s.kver" 2>/dev/null) || continue
-		[ -f "$root/boot/vmlinuz-$kver" ] && echo "$kver"
+		if [ -f "$root/boot/vmlinuz-$kver" ]; then
+			echo "$kver"
+		fi
 	done
 	;;
 build)
