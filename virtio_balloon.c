@@ -94,8 +94,8 @@ static int vb_uint_param_set(const char *val, const struct kernel_param *kp)
 	unsigned int n;
 
 	if (kstrtouint(val, 0, &n) || n < p->min || n > p->max) {
-		pr_err("%s: '%s' is not a whole number from %u to %u\n",
-		       kp->name, strim((char *)val), p->min, p->max);
+		pr_err("%s: '%.*s' is not a whole number from %u to %u\n",
+		       kp->name, (int)strcspn(val, "\n"), val, p->min, p->max);
 		return -EINVAL;
 	}
 	WRITE_ONCE(p->val, n);
@@ -115,8 +115,8 @@ static int vb_reserve_param_set(const char *val,
 	unsigned int n;
 
 	if (kstrtouint(val, 0, &n) || n > vb_ram_mib(0)) {
-		pr_err("%s: '%s' is not a whole number of MiB from 0 to the guest's %u\n",
-		       kp->name, strim((char *)val), vb_ram_mib(0));
+		pr_err("%s: '%.*s' is not a whole number of MiB from 0 to the guest's %u\n",
+		       kp->name, (int)strcspn(val, "\n"), val, vb_ram_mib(0));
 		return -EINVAL;
 	}
 	WRITE_ONCE(p->val, n);
@@ -239,7 +239,7 @@ struct vballoon {
 	struct mutex lock;
 	/* Balloon size in 4 KiB units, as reported in `actual`. */
 	unsigned int num_pages;
-	struct vballoon_pages pages;
+	struct vballoon_pages *pages;
 
 	/* Inflate and deflate buffers come back here. */
 	wait_queue_head_t acked;
@@ -314,41 +314,14 @@ static void vb_put_pfns(struct vballoon *vb, __virtio32 *pfns,
 		pfns[(*n)++] = cpu_to_virtio32(vb->vdev, pfn + i);
 }
 
-/*
- * Without DEFLATE_ON_OOM the balloon's pages leave the guest for good:
- * lower the managed page count so MemTotal and the watermarks follow.
- * Pages of one zone are accounted in one call.
- */
-static void vb_account_pages(struct vballoon *vb, struct list_head *list,
-			     long sign)
-{
-	struct page *page, *first = NULL;
-	long run = 0;
-
-	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
-		return;
-	list_for_each_entry(page, list, lru) {
-		if (first && page_zone(page) != page_zone(first)) {
-			adjust_managed_page_count(first, sign * run);
-			run = 0;
-		}
-		if (!run)
-			first = page;
-		run++;
-	}
-	if (run)
-		adjust_managed_page_count(first, sign * run);
-}
-
 /* Give pages that left the balloon (and the host's hands) to the guest. */
 static void vb_release_pages(struct vballoon *vb, struct list_head *list)
 {
 	struct page *page, *tmp;
 
-	vb_account_pages(vb, list, 1);
 	list_for_each_entry_safe(page, tmp, list, lru) {
 		list_del(&page->lru);
-		vballoon_page_free(page);
+		__free_page(page);
 	}
 }
 
@@ -596,7 +569,7 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 	}
 	if (n < want && stock) {
 		i = min_t(unsigned long, want - n, stock);
-		i = alloc_pages_bulk_list(VB_GFP, i, list);
+		i = vballoon_alloc_bulk(VB_GFP, i, list);
 		vb->pcp_taken += i;
 		atomic64_add(i, &vb->cnt[VB_CNT_PCP_PAGES]);
 		n += i;
@@ -617,7 +590,7 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 		}
 	}
 	if (n < want)
-		n += alloc_pages_bulk_list(VB_GFP, want - n, list);
+		n += vballoon_alloc_bulk(VB_GFP, want - n, list);
 	return n;
 }
 
@@ -688,8 +661,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 			vb_put_pfns(vb, buf->pfns, &buf->n, page);
 		if (vb->nr_stash)
 			order = VB_HUGE_ORDER;
-		vb_account_pages(vb, &list, -1);
-		vballoon_pages_enqueue(&vb->pages, &list);
+		vballoon_pages_enqueue(vb->pages, &list);
 		vb->num_pages += n * VB_UNITS_PER_PAGE;
 		done += n;
 		atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
@@ -702,7 +674,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	list_splice_init(&vb->stash, &list);
 	vb->nr_stash = 0;
 	list_for_each_entry_safe(page, tmp, &list, lru)
-		vballoon_page_free(page);
+		__free_page(page);
 	wait_event(vb->acked, vb_reap_idle(vb, vb->inflate_vq));
 	vb_update_actual(vb);
 	mutex_unlock(&vb->lock);
@@ -730,7 +702,7 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 		if (trace_vballoon_deflate_enabled())
 			t0 = ktime_get_ns();
 		buf = vb_get_buf(vb, vb->deflate_vq);
-		n = vballoon_pages_dequeue(&vb->pages, &buf->pages,
+		n = vballoon_pages_dequeue(vb->pages, &buf->pages,
 					   min(pages - done, per_buf));
 		if (!n) {
 			vb_unget_buf(vb, buf);
@@ -975,13 +947,13 @@ static unsigned int vb_fill_stats(struct vballoon *vb)
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_OOM_KILL, events[OOM_KILL]);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_ALLOC_STALL, stall);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_ASYNC_SCAN,
-		(u64)events[PGSCAN_KSWAPD] << PAGE_SHIFT);
+		(u64)vballoon_reclaim_stat(events, PGSCAN_KSWAPD) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_SCAN,
-		(u64)events[PGSCAN_DIRECT] << PAGE_SHIFT);
+		(u64)vballoon_reclaim_stat(events, PGSCAN_DIRECT) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_ASYNC_RECLAIM,
-		(u64)events[PGSTEAL_KSWAPD] << PAGE_SHIFT);
+		(u64)vballoon_reclaim_stat(events, PGSTEAL_KSWAPD) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_RECLAIM,
-		(u64)events[PGSTEAL_DIRECT] << PAGE_SHIFT);
+		(u64)vballoon_reclaim_stat(events, PGSTEAL_DIRECT) << PAGE_SHIFT);
 	trace_vballoon_stats(i, (u64)max(si_mem_available(), 0L) << PAGE_SHIFT,
 			     (u64)si.freeram << PAGE_SHIFT);
 	return i;
@@ -1048,10 +1020,9 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 	return NOTIFY_OK;
 }
 
-static int vb_migrate(struct vballoon_pages *vp, struct page *newpage,
-		      struct page *page)
+static int vb_migrate(void *priv, struct page *newpage, struct page *page)
 {
-	struct vballoon *vb = container_of(vp, struct vballoon, pages);
+	struct vballoon *vb = priv;
 
 	/*
 	 * Inflate or deflate may be waiting for this very compaction; rather
@@ -1059,22 +1030,12 @@ static int vb_migrate(struct vballoon_pages *vp, struct page *newpage,
 	 */
 	if (!mutex_trylock(&vb->lock))
 		return -EAGAIN;
-
-	if (!vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM) &&
-	    page_zone(page) != page_zone(newpage)) {
-		adjust_managed_page_count(page, 1);
-		adjust_managed_page_count(newpage, -1);
-	}
-
-	vballoon_pages_replace(vp, newpage);
 	vb_tell_one(vb, vb->inflate_vq, newpage);
 	vb_tell_one(vb, vb->deflate_vq, page);
 	mutex_unlock(&vb->lock);
 	atomic64_inc(&vb->cnt[VB_CNT_MIGRATED_PAGES]);
 	trace_vballoon_migrate(page_to_pfn(page), page_to_pfn(newpage));
-
-	vballoon_page_retire(page);
-	return MIGRATEPAGE_SUCCESS;
+	return 0;
 }
 
 /*
@@ -1332,18 +1293,24 @@ static unsigned int vb_report_order(void)
 
 static int vb_reporting_init(struct vballoon *vb)
 {
+	unsigned int size, asked, order;
+
 	if (!vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
 		return 0;
-	if (virtqueue_get_vring_size(vb->reporting_vq) <
-	    PAGE_REPORTING_CAPACITY) {
+	size = virtqueue_get_vring_size(vb->reporting_vq);
+	if (!vballoon_reporting_capacity(&vb->reporting, size)) {
 		dev_err(&vb->vdev->dev,
 			"reporting queue holds %u entries, a report needs %u\n",
-			virtqueue_get_vring_size(vb->reporting_vq),
-			PAGE_REPORTING_CAPACITY);
+			size, PAGE_REPORTING_CAPACITY);
 		return -ENOSPC;
 	}
 	vb->reporting.report = vb_report;
-	vb->reporting.order = vb_report_order();
+	asked = vb_report_order();
+	order = vballoon_reporting_order(&vb->reporting, asked);
+	if (order != asked && READ_ONCE(report_order.val))
+		dev_info(&vb->vdev->dev,
+			 "report_order %u: this kernel reports blocks of order %u\n",
+			 asked, order);
 	return page_reporting_register(&vb->reporting);
 }
 
@@ -1584,23 +1551,18 @@ static const char * const vb_stat_names[VB_STATS_MAX] = {
 	[VIRTIO_BALLOON_S_DIRECT_RECLAIM] = "direct_reclaims",
 };
 
-static void vb_debugfs_census(struct seq_file *m, struct vballoon *vb)
+static void vb_debugfs_zones(struct seq_file *m, struct vballoon *vb)
 {
-	unsigned long by_order[VBALLOON_MAX_ORDER + 1] = {};
-	unsigned long by_zone[MAX_NR_ZONES] = {};
 	struct pglist_data *pgdat = NODE_DATA(first_online_node);
+	unsigned long by_zone[MAX_NR_ZONES];
 	int i;
 
-	vballoon_pages_census(&vb->pages, by_zone, by_order);
+	vballoon_pages_by_zone(vb->pages, by_zone);
 	seq_puts(m, "pages_by_zone:");
 	for (i = 0; i < MAX_NR_ZONES; i++)
 		if (by_zone[i])
 			seq_printf(m, " %s=%lu", pgdat->node_zones[i].name,
 				   by_zone[i]);
-	seq_puts(m, "\npages_by_run_order:");
-	for (i = 0; i <= VBALLOON_MAX_ORDER; i++)
-		if (by_order[i])
-			seq_printf(m, " %d=%lu", i, by_order[i]);
 	seq_putc(m, '\n');
 }
 
@@ -1631,9 +1593,10 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 		   jiffies_to_msecs(retry_at - jiffies) : 0);
 	seq_printf(m, "buffers_in_flight: %u of %u\n", READ_ONCE(vb->inflight),
 		   vb->max_inflight);
+	seq_printf(m, "page_migration: %s\n", vballoon_pages_scheme());
 	seq_printf(m, "isolated_pages: %lu\n",
-		   vballoon_pages_isolated(&vb->pages));
-	vb_debugfs_census(m, vb);
+		   vballoon_pages_isolated(vb->pages));
+	vb_debugfs_zones(m, vb);
 	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
 		seq_printf(m, "hint: cmd_id %u, blocks held %lu of order %u\n",
 			   READ_ONCE(vb->hint.cmd_id),
@@ -1736,7 +1699,7 @@ static int vb_validate(struct virtio_device *vdev)
 	 * they do and the host cannot be told, reporting would let the host
 	 * change free pages under the guest's poison checks: go without it.
 	 */
-	if (!want_init_on_free() && !page_poisoning_enabled_static())
+	if (!want_init_on_free() && !vballoon_poisoning())
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_PAGE_POISON);
 	else if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON))
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_REPORTING);
@@ -1754,6 +1717,38 @@ static void vb_write_poison(struct vballoon *vb)
 		memset(&poison, PAGE_POISON, sizeof(poison));
 	virtio_cwrite_le(vb->vdev, struct virtio_balloon_config, poison_val,
 			 &poison);
+}
+
+/* Give every page back to the guest, tell the host, reset the device. */
+static void vb_empty_and_reset(struct vballoon *vb)
+{
+	while (vb->num_pages) {
+		if (!vb_deflate(vb, vb->num_pages))
+			/* Pages isolated by migration come back shortly. */
+			msleep(20);
+	}
+	mutex_lock(&vb->lock);
+	vb_update_actual(vb);
+	mutex_unlock(&vb->lock);
+	/* Blocks a hint round still holds go back too. */
+	vb_hint_release(vb, ULONG_MAX);
+	vballoon_reset_device(vb->vdev);
+	vb->vdev->config->del_vqs(vb->vdev);
+}
+
+static void vb_stop_updates(struct vballoon *vb)
+{
+	spin_lock_irq(&vb->stop_lock);
+	vb->stop_update = true;
+	spin_unlock_irq(&vb->stop_lock);
+	cancel_delayed_work_sync(&vb->size_work);
+	cancel_work_sync(&vb->stats_work);
+	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
+		/* Let a round waiting for room see the end. */
+		set_bit(0, &vb->hint.reread);
+		wake_up(&vb->acked);
+		cancel_work_sync(&vb->hint.work);
+	}
 }
 
 static int vb_probe(struct virtio_device *vdev)
@@ -1786,7 +1781,6 @@ static int vb_probe(struct virtio_device *vdev)
 	spin_lock_init(&vb->stop_lock);
 	INIT_DELAYED_WORK(&vb->size_work, vb_size_work);
 	INIT_WORK(&vb->stats_work, vb_stats_work);
-	vballoon_pages_init(&vb->pages, vb_migrate);
 	vb->floor_pages = vb_default_floor();
 	vb->reserve_mib = READ_ONCE(reserve_mib.val);
 	vb->max_pct = READ_ONCE(max_balloon_pct.val);
@@ -1796,9 +1790,15 @@ static int vb_probe(struct virtio_device *vdev)
 	ratelimit_state_init(&vb->fail_rs, 30 * HZ, 1);
 	ratelimit_set_flags(&vb->fail_rs, RATELIMIT_MSG_ON_RELEASE);
 
+	vb->pages = vballoon_pages_create(vb_migrate, vb,
+					  !vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM));
+	if (IS_ERR(vb->pages)) {
+		err = PTR_ERR(vb->pages);
+		goto err_free_vb;
+	}
 	err = vb_init_vqs(vb);
 	if (err)
-		goto err_free_vb;
+		goto err_destroy_pages;
 	err = vb_hint_init(vb);
 	if (err)
 		goto err_del_vqs;
@@ -1830,49 +1830,19 @@ static int vb_probe(struct virtio_device *vdev)
 err_reporting_exit:
 	vb_reporting_exit(vb);
 err_reset:
-	virtio_reset_device(vdev);
+	vballoon_reset_device(vdev);
 	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
 		unregister_oom_notifier(&vb->oom_nb);
 err_hint_exit:
 	vb_hint_exit(vb);
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
+err_destroy_pages:
+	vballoon_pages_destroy(vb->pages);
 err_free_vb:
 	kfree(vb->bufs);
 	kfree(vb);
 	return err;
-}
-
-/* Give every page back to the guest, tell the host, reset the device. */
-static void vb_empty_and_reset(struct vballoon *vb)
-{
-	while (vb->num_pages) {
-		if (!vb_deflate(vb, vb->num_pages))
-			/* Pages isolated by migration come back shortly. */
-			msleep(20);
-	}
-	mutex_lock(&vb->lock);
-	vb_update_actual(vb);
-	mutex_unlock(&vb->lock);
-	/* Blocks a hint round still holds go back too. */
-	vb_hint_release(vb, ULONG_MAX);
-	virtio_reset_device(vb->vdev);
-	vb->vdev->config->del_vqs(vb->vdev);
-}
-
-static void vb_stop_updates(struct vballoon *vb)
-{
-	spin_lock_irq(&vb->stop_lock);
-	vb->stop_update = true;
-	spin_unlock_irq(&vb->stop_lock);
-	cancel_delayed_work_sync(&vb->size_work);
-	cancel_work_sync(&vb->stats_work);
-	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
-		/* Let a round waiting for room see the end. */
-		set_bit(0, &vb->hint.reread);
-		wake_up(&vb->acked);
-		cancel_work_sync(&vb->hint.work);
-	}
 }
 
 static void vb_remove(struct virtio_device *vdev)
@@ -1887,6 +1857,7 @@ static void vb_remove(struct virtio_device *vdev)
 	vb_stop_updates(vb);
 	vb_empty_and_reset(vb);
 	vb_hint_exit(vb);
+	vballoon_pages_destroy(vb->pages);
 	kfree(vb->bufs);
 	kfree(vb);
 }
@@ -1960,6 +1931,9 @@ static int __init vb_init(void)
 {
 	int err;
 
+	pr_info("version %s, balloon pages migrate through the %s\n",
+		VBALLOON_VERSION, vballoon_pages_scheme());
+	vballoon_compat_report();
 	vb_debugfs_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	err = register_virtio_driver(&vb_driver);
 	if (err)

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Kernel-version shims for vballoon. Force-included into every file by
- * Kbuild, so the driver sources never test LINUX_VERSION_CODE themselves.
- * Each shim names the kernel change it papers over.
+ * Kernel shims for vballoon. Force-included into every file by Kbuild, so
+ * the driver sources never test kernel versions themselves. What a kernel
+ * offers comes from Kbuild's feature probes (VB_HAVE_*), which read its
+ * headers; each shim names the kernel change it covers.
  */
 #ifndef VBALLOON_COMPAT_H
 #define VBALLOON_COMPAT_H
@@ -10,17 +11,86 @@
 /* Same as the sources' own: this header is read before them. */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/gfp.h>
+#include <linux/migrate.h>
+#include <linux/mm.h>
 #include <linux/mmzone.h>
+#include <linux/page_reporting.h>
 #include <linux/shrinker.h>
 #include <linux/slab.h>
 #include <linux/version.h>
 #include <linux/virtio_config.h>
+#include <linux/vmstat.h>
 #include <uapi/linux/virtio_balloon.h>
 
-#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 0) || \
-	LINUX_VERSION_CODE >= KERNEL_VERSION(6, 13, 0)
-#error "vballoon supports Linux 6.1 to 6.12"
+#if !IS_ENABLED(CONFIG_VIRTIO)
+#error "vballoon needs a kernel with CONFIG_VIRTIO"
 #endif
+
+/*
+ * Balloon page migration, three schemes (balloon_compaction.c):
+ * v6.17: the migration core picks a page's operations by its type and no
+ * longer exports __SetPageMovable(): balloon pages can only be movable
+ * through the kernel's balloon core; v7.0 renamed it linux/balloon.h and
+ * made it keep the managed page count, which is the interface used here.
+ * v6.0: struct movable_operations; before it, address_space_operations.
+ */
+#ifdef VB_HAVE_MOVABLE_BY_TYPE
+#if !defined(VB_HAVE_BALLOON_H) || !defined(VB_HAVE_BALLOON_ADJUST)
+#error "vballoon: the balloon core of v6.17 to v6.19 is not supported (v7.0's is)"
+#endif
+#if !IS_ENABLED(CONFIG_BALLOON)
+#error "vballoon needs a kernel with CONFIG_BALLOON (the kernel's balloon core)"
+#endif
+#include <linux/balloon.h>
+#define VB_KERNEL_BALLOON
+#elif !defined(VB_HAVE_MOVABLE_OPS)
+#include <linux/fs.h>
+#include <linux/mount.h>
+#include <linux/pseudo_fs.h>
+#endif
+
+/*
+ * The BALLOON_* events of /proc/vmstat exist with CONFIG_MEMORY_BALLOON
+ * (BALLOON_MIGRATE with CONFIG_BALLOON_COMPACTION); the module counts them
+ * in its own schemes, the balloon core in its.
+ */
+static inline void vballoon_count_inflate(unsigned int n)
+{
+#if defined(CONFIG_MEMORY_BALLOON) && !defined(VB_KERNEL_BALLOON)
+	count_vm_events(BALLOON_INFLATE, n);
+#endif
+}
+
+static inline void vballoon_count_deflate(unsigned int n)
+{
+#if defined(CONFIG_MEMORY_BALLOON) && !defined(VB_KERNEL_BALLOON)
+	count_vm_events(BALLOON_DEFLATE, n);
+#endif
+}
+
+static inline void vballoon_count_migrate(void)
+{
+#if defined(CONFIG_BALLOON_COMPACTION) && !defined(VB_KERNEL_BALLOON)
+	count_vm_event(BALLOON_MIGRATE);
+#endif
+}
+
+/* v6.18: MIGRATEPAGE_SUCCESS gone; migration callbacks return 0. */
+#ifndef MIGRATEPAGE_SUCCESS
+#define MIGRATEPAGE_SUCCESS		0
+#endif
+
+/*
+ * v6.16: NR_BALLOON_PAGES, /proc/meminfo's "Balloon:" line. The balloon
+ * core keeps it itself; the module's own schemes keep it where it exists.
+ */
+static inline void vballoon_balloon_pages_add(struct page *page, long n)
+{
+#if defined(VB_HAVE_NR_BALLOON_PAGES) && !defined(VB_KERNEL_BALLOON)
+	mod_node_page_state(page_pgdat(page), NR_BALLOON_PAGES, n);
+#endif
+}
 
 /*
  * v6.12: the statistics OOM_KILL .. DIRECT_RECLAIM joined the uapi header.
@@ -37,6 +107,25 @@
 #endif
 
 /*
+ * v7.x: PGSCAN_* and PGSTEAL_* moved from the vm events to the node
+ * statistics; indexing the events with them reads unrelated counters.
+ * Return: the reclaim counter @item, in pages.
+ */
+#ifdef VB_HAVE_NODE_RECLAIM_STATS
+static inline unsigned long vballoon_reclaim_stat(const unsigned long *events,
+						  enum node_stat_item item)
+{
+	return global_node_page_state(item);
+}
+#else
+static inline unsigned long vballoon_reclaim_stat(const unsigned long *events,
+						  enum vm_event_item item)
+{
+	return events[item];
+}
+#endif
+
+/*
  * v6.11: find_vqs() takes an array of struct virtqueue_info instead of
  * parallel callback and name arrays.
  */
@@ -45,7 +134,7 @@ static inline int vballoon_find_vqs(struct virtio_device *vdev,
 				    vq_callback_t *callbacks[],
 				    const char * const names[])
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+#ifdef VB_HAVE_VQ_INFO
 	struct virtqueue_info info[8] = {};
 	unsigned int i;
 
@@ -61,9 +150,60 @@ static inline int vballoon_find_vqs(struct virtio_device *vdev,
 #endif
 }
 
+/* v5.17: virtio_reset_device(); before, the transport's reset op. */
+static inline void vballoon_reset_device(struct virtio_device *vdev)
+{
+#ifdef VB_HAVE_RESET_DEVICE
+	virtio_reset_device(vdev);
+#else
+	vdev->config->reset(vdev);
+#endif
+}
+
+/* v5.11: page_poisoning_enabled_static(), a static key. */
+static inline bool vballoon_poisoning(void)
+{
+#ifdef VB_HAVE_POISON_STATIC
+	return page_poisoning_enabled_static();
+#else
+	return page_poisoning_enabled();
+#endif
+}
+
 /*
- * The largest buddy order. v6.4: MAX_ORDER became inclusive; v6.8: renamed
- * MAX_PAGE_ORDER. Detected by the new name where it exists.
+ * v5.14: page_reporting_dev_info.order; before, reporting always takes
+ * pageblock_order blocks. Return: the order in force.
+ */
+static inline unsigned int
+vballoon_reporting_order(struct page_reporting_dev_info *pr, unsigned int order)
+{
+#ifdef VB_HAVE_REPORTING_ORDER
+	pr->order = order;
+	return order;
+#else
+	return pageblock_order;
+#endif
+}
+
+/*
+ * v7.x: page_reporting_dev_info.capacity lets a queue smaller than
+ * PAGE_REPORTING_CAPACITY take reports. Return: false where it cannot.
+ */
+static inline bool
+vballoon_reporting_capacity(struct page_reporting_dev_info *pr,
+			    unsigned int capacity)
+{
+#ifdef VB_HAVE_REPORTING_CAPACITY
+	pr->capacity = min_t(unsigned int, capacity, PAGE_REPORTING_CAPACITY);
+	return true;
+#else
+	return capacity >= PAGE_REPORTING_CAPACITY;
+#endif
+}
+
+/*
+ * The largest buddy order. v6.4: MAX_ORDER became inclusive, a change of
+ * meaning no header shows; v6.8: renamed MAX_PAGE_ORDER, found by name.
  */
 #if defined(MAX_PAGE_ORDER)
 #define VBALLOON_MAX_ORDER	MAX_PAGE_ORDER
@@ -74,16 +214,55 @@ static inline int vballoon_find_vqs(struct virtio_device *vdev,
 #endif
 
 /*
+ * Up to @n order-0 pages onto @list. v5.13: alloc_pages_bulk_list(); v6.14
+ * kept only the array form, alloc_pages_bulk(); before v5.13 one at a time.
+ * Return: pages allocated.
+ */
+static inline unsigned int vballoon_alloc_bulk(gfp_t gfp, unsigned int n,
+					       struct list_head *list)
+{
+#if defined(VB_HAVE_BULK_LIST)
+	return alloc_pages_bulk_list(gfp, n, list);
+#elif defined(VB_HAVE_BULK_ARRAY)
+	struct page *pages[32];
+	unsigned int done = 0, want, got, i;
+
+	while (done < n) {
+		want = min_t(unsigned int, n - done, ARRAY_SIZE(pages));
+		memset(pages, 0, sizeof(pages));
+		got = alloc_pages_bulk(gfp, want, pages);
+		for (i = 0; i < got; i++)
+			list_add_tail(&pages[i]->lru, list);
+		done += got;
+		if (got < want)
+			break;
+	}
+	return done;
+#else
+	unsigned int done;
+	struct page *page;
+
+	for (done = 0; done < n; done++) {
+		page = alloc_page(gfp);
+		if (!page)
+			break;
+		list_add_tail(&page->lru, list);
+	}
+	return done;
+#endif
+}
+
+/*
  * v6.7: a CPU's per-CPU free lists grow up to high_max after a run of
  * frees and shrink back to high_min by themselves, an eighth of the
  * difference a second (decay_pcp_high()); before, their size was fixed.
- * Return: pages on this CPU's lists above high_min, all zones; 0 before
- * v6.7, where no such pages come back on their own.
+ * Return: pages on this CPU's lists above high_min, all zones; 0 where
+ * no such pages come back on their own.
  */
 static inline unsigned long vballoon_pcp_surplus(void)
 {
 	unsigned long surplus = 0;
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+#ifdef VB_HAVE_PCP_HIGH_MIN
 	struct per_cpu_pages *pcp;
 	struct zone *zone;
 	int nid, i, n;
@@ -106,9 +285,9 @@ static inline unsigned long vballoon_pcp_surplus(void)
 
 /*
  * v6.7: shrinkers are allocated by shrinker_alloc() and carry private data;
- * before, the caller embedded one and registered it with a name.
+ * v6.0: register_shrinker() takes a name; before, the shrinker alone.
  */
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 7, 0)
+#ifdef VB_HAVE_SHRINKER_ALLOC
 static inline struct shrinker *
 vballoon_shrinker_create(unsigned long (*count)(struct shrinker *,
 						struct shrink_control *),
@@ -150,6 +329,7 @@ vballoon_shrinker_create(unsigned long (*count)(struct shrinker *,
 			 void *priv, const char *name)
 {
 	struct vballoon_shrinker *vs = kzalloc(sizeof(*vs), GFP_KERNEL);
+	int err;
 
 	if (!vs)
 		return NULL;
@@ -157,7 +337,12 @@ vballoon_shrinker_create(unsigned long (*count)(struct shrinker *,
 	vs->s.scan_objects = scan;
 	vs->s.seeks = DEFAULT_SEEKS;
 	vs->priv = priv;
-	if (register_shrinker(&vs->s, "%s", name)) {
+#ifdef VB_HAVE_SHRINKER_NAME
+	err = register_shrinker(&vs->s, "%s", name);
+#else
+	err = register_shrinker(&vs->s);
+#endif
+	if (err) {
 		kfree(vs);
 		return NULL;
 	}
@@ -175,5 +360,27 @@ static inline void vballoon_shrinker_destroy(struct shrinker *s)
 	kfree(container_of(s, struct vballoon_shrinker, s));
 }
 #endif
+
+/*
+ * What this build of vballoon does without, for the load message and
+ * Documentation/kernels.rst. Each entry names what the kernel lacks.
+ */
+static inline void vballoon_compat_report(void)
+{
+#if !defined(VB_HAVE_BULK_LIST) && !defined(VB_HAVE_BULK_ARRAY)
+	pr_info("this kernel has no bulk page allocator: inflating one page at a time\n");
+#endif
+#ifndef VB_HAVE_REPORTING_ORDER
+	pr_info("this kernel reports free pages in blocks of order %u only: report_order is ignored\n",
+		(unsigned int)pageblock_order);
+#endif
+#ifndef VB_HAVE_PCP_HIGH_MIN
+	pr_info("this kernel's per-CPU free lists have a fixed size: no surplus to take first near the floor\n");
+#endif
+#if !IS_ENABLED(CONFIG_COMPACTION) || \
+	(defined(VB_KERNEL_BALLOON) && !IS_ENABLED(CONFIG_BALLOON_MIGRATION))
+	pr_info("this kernel cannot migrate balloon pages: compaction leaves them where they are\n");
+#endif
+}
 
 #endif /* VBALLOON_COMPAT_H */

@@ -232,6 +232,11 @@ class Context:
             self.eq(a[attr], vm[key] - v0[key], f"sysfs {attr} vs /proc/vmstat {key}")
         self.check(a["oom_deflated_pages"] + a["reserve_deflated_pages"]
                    <= a["deflated_pages"], f"deflate counters disagree: {a}")
+        # /proc/meminfo "Balloon:" (v6.16 on) counts every balloon's pages
+        mi = self.g.meminfo()
+        if "Balloon" in mi and len(self.g.balloon_devs()) == 1:
+            self.eq(mi["Balloon"], a["actual_pages"] * self.page // 1024,
+                    "/proc/meminfo Balloon (kB) vs sysfs actual_pages")
 
     def new_device(self):
         """A new balloon device was bound (hot plug): its sysfs counters

@@ -243,12 +243,16 @@ class Guest:
         return {k: int(v) for k, v in
                 (l.split() for l in self.read("/proc/vmstat").splitlines())}
 
-    def sysfs_balloon_dev(self):
-        """/sys/bus/virtio/devices/virtioN of the balloon (device id 5), or None."""
+    def balloon_devs(self):
+        """/sys/bus/virtio/devices/virtioN of every balloon (device id 5)."""
         out = self.check("grep -l '^0x0005$' /sys/bus/virtio/devices/*/device "
                          "2>/dev/null; true")
-        paths = out.split()
-        return paths[0].rsplit("/", 1)[0] if paths else None
+        return [p.rsplit("/", 1)[0] for p in out.split()]
+
+    def sysfs_balloon_dev(self):
+        """/sys/bus/virtio/devices/virtioN of the balloon (device id 5), or None."""
+        devs = self.balloon_devs()
+        return devs[0] if devs else None
 
     def features(self, devpath):
         """Negotiated features from sysfs as an int (bit i = char i)."""
