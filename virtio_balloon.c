@@ -1030,6 +1030,11 @@ static int vb_migrate(void *priv, struct page *newpage, struct page *page)
 	 */
 	if (!mutex_trylock(&vb->lock))
 		return -EAGAIN;
+	/* Stopping: the device may be gone; the page goes back instead. */
+	if (READ_ONCE(vb->stop_update)) {
+		mutex_unlock(&vb->lock);
+		return -EAGAIN;
+	}
 	vb_tell_one(vb, vb->inflate_vq, newpage);
 	vb_tell_one(vb, vb->deflate_vq, page);
 	mutex_unlock(&vb->lock);
@@ -1136,7 +1141,8 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 	struct page *page;
 	int err;
 
-	while (vb_hint_cmd_id(vb) == id && !test_bit(0, &h->squeezed)) {
+	while (vb_hint_cmd_id(vb) == id && !test_bit(0, &h->squeezed) &&
+	       !READ_ONCE(vb->stop_update)) {
 		if (!vb_hint_reap(vb)) {
 			/*
 			 * Queue full: the host is behind. No interrupt tells
@@ -1736,10 +1742,14 @@ static void vb_empty_and_reset(struct vballoon *vb)
 	vb->vdev->config->del_vqs(vb->vdev);
 }
 
+/*
+ * No more work: interrupts queue none, and the work queued or running is
+ * waited for. A hint round sees stop_update and ends.
+ */
 static void vb_stop_updates(struct vballoon *vb)
 {
 	spin_lock_irq(&vb->stop_lock);
-	vb->stop_update = true;
+	WRITE_ONCE(vb->stop_update, true);
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->size_work);
 	cancel_work_sync(&vb->stats_work);
@@ -1816,7 +1826,7 @@ static int vb_probe(struct virtio_device *vdev)
 
 	err = vb_reporting_init(vb);
 	if (err)
-		goto err_reset;
+		goto err_stop;
 	err = device_add_group(&vdev->dev, &vb_attr_group);
 	if (err)
 		goto err_reporting_exit;
@@ -1829,13 +1839,22 @@ static int vb_probe(struct virtio_device *vdev)
 
 err_reporting_exit:
 	vb_reporting_exit(vb);
-err_reset:
-	vballoon_reset_device(vdev);
+err_stop:
+	/*
+	 * The device is live: an interrupt may have queued work, and that
+	 * work may have inflated. Stop it and give every page back.
+	 */
 	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
 		unregister_oom_notifier(&vb->oom_nb);
+	vb_stop_updates(vb);
+	vb_empty_and_reset(vb);
+	vb_hint_exit(vb);
+	goto err_destroy_pages;
 err_hint_exit:
 	vb_hint_exit(vb);
 err_del_vqs:
+	/* The device may hold the stats buffer: reset it first. */
+	vballoon_reset_device(vdev);
 	vdev->config->del_vqs(vdev);
 err_destroy_pages:
 	vballoon_pages_destroy(vb->pages);
@@ -1861,6 +1880,24 @@ static void vb_remove(struct virtio_device *vdev)
 	kfree(vb->bufs);
 	kfree(vb);
 }
+
+#ifdef VB_HAVE_DRIVER_SHUTDOWN
+/*
+ * Shutdown, reboot and kexec: the bus breaks and resets the device, which
+ * then returns no buffer. Stop every work first so none waits on one; the
+ * balloon is not emptied, the guest's memory goes with it.
+ */
+static void vb_shutdown(struct virtio_device *vdev)
+{
+	struct vballoon *vb = vdev->priv;
+
+	vb_reporting_exit(vb);
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		unregister_oom_notifier(&vb->oom_nb);
+	vb_stop_updates(vb);
+	virtio_device_shutdown(vdev);
+}
+#endif
 
 #ifdef CONFIG_PM_SLEEP
 static int vb_freeze(struct virtio_device *vdev)
@@ -1921,6 +1958,9 @@ static struct virtio_driver vb_driver = {
 	.probe = vb_probe,
 	.remove = vb_remove,
 	.config_changed = vb_config_changed,
+#ifdef VB_HAVE_DRIVER_SHUTDOWN
+	.shutdown = vb_shutdown,
+#endif
 #ifdef CONFIG_PM_SLEEP
 	.freeze = vb_freeze,
 	.restore = vb_restore,
