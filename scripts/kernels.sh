@@ -135,6 +135,7 @@ setup_one() {
 }
 
 # unpack_kernel NAME CHROOT KVER: KVER's image and modules under $root.
+# Called in an || list, where set -e does not act: every step checks.
 # 7.x's linux-image-<abi> only depends on linux-binary-<abi> (the vmlinuz),
 # linux-modules-<abi> and linux-base-<abi> (config, modules.builtin).
 unpack_kernel() {
@@ -151,12 +152,12 @@ unpack_kernel() {
 		done)
 	# shellcheck disable=SC2086
 	in_chroot "$c" -- sh -c 'cd "$1" && shift && apt-get download -q "$@"' sh \
-		"$debs" "linux-image-$kver" $pkgs >>"$log" 2>&1
+		"$debs" "linux-image-$kver" $pkgs >>"$log" 2>&1 || return 1
 	x=$VB_CACHE/x86/tmp-$kver
 	rm -rf "$x"
 	mkdir -p "$x"
 	for deb in "$c$debs"/*.deb; do
-		dpkg-deb -x "$deb" "$x"
+		dpkg-deb -x "$deb" "$x" || return 1
 	done
 	rm -rf "$c$debs"
 	# bullseye's packages use /lib and /boot, 7.x's /usr/lib/modules only
@@ -172,7 +173,7 @@ unpack_kernel() {
 	done
 	[ -f "$root/boot/vmlinuz-$kver" ] || { say "$name: no vmlinuz in $kver's packages"; return 1; }
 	rm -rf "$root/lib/modules/$kver"
-	mv "$m" "$root/lib/modules/$kver"
+	mv "$m" "$root/lib/modules/$kver" || return 1
 	rm -rf "$x"
 	depmod -b "$root" "$kver"
 }
