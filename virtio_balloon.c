@@ -24,6 +24,7 @@
 #include <linux/page_reporting.h>
 #include <linux/poison.h>
 #include <linux/ratelimit.h>
+#include <linux/reboot.h>
 #include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
@@ -283,6 +284,9 @@ struct vballoon {
 	atomic64_t cnt[VB_NR_COUNTERS];
 
 	struct notifier_block oom_nb;
+	struct notifier_block reboot_nb;
+	/* vb_quiesce() ran: reporting, OOM notifier and work are stopped. */
+	bool quiesced;
 	struct vb_hint hint;
 	struct page_reporting_dev_info reporting;
 
@@ -1761,6 +1765,35 @@ static void vb_stop_updates(struct vballoon *vb)
 	}
 }
 
+/*
+ * Stop everything that could still use the device: page reporting, the
+ * OOM notifier and every work. Once only: at remove, or first at reboot.
+ */
+static void vb_quiesce(struct vballoon *vb)
+{
+	if (vb->quiesced)
+		return;
+	vb->quiesced = true;
+	vb_reporting_exit(vb);
+	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
+		unregister_oom_notifier(&vb->oom_nb);
+	vb_stop_updates(vb);
+}
+
+/*
+ * Reboot, power off and kexec run the reboot notifiers before the devices'
+ * shutdown, where the virtio bus may break and reset the device: a work
+ * still adding buffers then would find the queues broken.
+ */
+static int vb_reboot_notify(struct notifier_block *nb, unsigned long action,
+			    void *unused)
+{
+	struct vballoon *vb = container_of(nb, struct vballoon, reboot_nb);
+
+	vb_quiesce(vb);
+	return NOTIFY_DONE;
+}
+
 static int vb_probe(struct virtio_device *vdev)
 {
 	struct vballoon *vb;
@@ -1827,9 +1860,13 @@ static int vb_probe(struct virtio_device *vdev)
 	err = vb_reporting_init(vb);
 	if (err)
 		goto err_stop;
-	err = device_add_group(&vdev->dev, &vb_attr_group);
+	vb->reboot_nb.notifier_call = vb_reboot_notify;
+	err = register_reboot_notifier(&vb->reboot_nb);
 	if (err)
 		goto err_reporting_exit;
+	err = device_add_group(&vdev->dev, &vb_attr_group);
+	if (err)
+		goto err_reboot_exit;
 	vb->debugfs = debugfs_create_file(dev_name(&vdev->dev), 0400,
 					  vb_debugfs_root, vb,
 					  &vb_debugfs_fops);
@@ -1837,6 +1874,8 @@ static int vb_probe(struct virtio_device *vdev)
 	vb_config_changed(vdev);
 	return 0;
 
+err_reboot_exit:
+	unregister_reboot_notifier(&vb->reboot_nb);
 err_reporting_exit:
 	vb_reporting_exit(vb);
 err_stop:
@@ -1868,12 +1907,10 @@ static void vb_remove(struct virtio_device *vdev)
 {
 	struct vballoon *vb = vdev->priv;
 
+	unregister_reboot_notifier(&vb->reboot_nb);
 	debugfs_remove(vb->debugfs);
 	device_remove_group(&vdev->dev, &vb_attr_group);
-	vb_reporting_exit(vb);
-	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
-		unregister_oom_notifier(&vb->oom_nb);
-	vb_stop_updates(vb);
+	vb_quiesce(vb);
 	vb_empty_and_reset(vb);
 	vb_hint_exit(vb);
 	vballoon_pages_destroy(vb->pages);
@@ -1883,18 +1920,13 @@ static void vb_remove(struct virtio_device *vdev)
 
 #ifdef VB_HAVE_DRIVER_SHUTDOWN
 /*
- * Shutdown, reboot and kexec: the bus breaks and resets the device, which
- * then returns no buffer. Stop every work first so none waits on one; the
- * balloon is not emptied, the guest's memory goes with it.
+ * Where the bus lets a driver stop the device itself at shutdown: quiesce
+ * (done already if a reboot notifier ran), then break and reset it as the
+ * bus would. The balloon is not emptied; the guest's memory goes with it.
  */
 static void vb_shutdown(struct virtio_device *vdev)
 {
-	struct vballoon *vb = vdev->priv;
-
-	vb_reporting_exit(vb);
-	if (vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM))
-		unregister_oom_notifier(&vb->oom_nb);
-	vb_stop_updates(vb);
+	vb_quiesce(vdev->priv);
 	virtio_device_shutdown(vdev);
 }
 #endif

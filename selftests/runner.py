@@ -199,7 +199,7 @@ class Runner:
         if status == "ok" and secs > spec.timeout:
             status, why = "fail", [f"case took {secs:.0f} s, budget {spec.timeout} s"]
 
-        if vm.alive() and not g.dead:
+        if vm.alive() and not g.dead and not t.ended:
             g.deadline = time.monotonic() + CLEANUP_BUDGET
             try:
                 t.reset()
@@ -207,7 +207,7 @@ class Runner:
                 status = "fail"
                 why.append(f"cleanup: {type(e).__name__}: {e}")
         g.deadline = None
-        if not vm.alive() and status != "skip":
+        if not vm.alive() and status != "skip" and not (t.ended and vm.proc.returncode == 0):
             # a case that skips has recognised why QEMU died (a QEMU bug)
             status = "fail"
             why.append(f"QEMU exited (status {vm.proc.returncode}); "
@@ -223,7 +223,7 @@ class Runner:
             extra.append(f"guest [{spec.config.describe()}], logs: {vm.workdir}")
         self.rep.result(name, status, why, t.notes,
                         vm.console.tail(TAIL) if status == "fail" else (), secs, extra)
-        return status != "fail" and vm.alive() and not g.dead
+        return status != "fail" and vm.alive() and not g.dead and not t.ended
 
     def stop_all(self):
         with self.lock:

@@ -189,6 +189,31 @@ def case_suspend(t):
     t.balloon(t.mem)
 
 
+@case(timeout=300, fresh=True, device={"free-page-reporting": "on"})
+def case_reboot(t):
+    """reboot -f with a full balloon, an inflate under way, the stats queue
+    polled and page reporting on: the guest's kernel shuts the device down
+    and restarts (QEMU, run with -no-reboot, exits) within a minute, with no
+    warning on the console. The virtio bus of 7.x breaks and resets the
+    device at shutdown; a work still adding buffers then would WARN."""
+    t.load_driver()
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
+    t.balloon(t.keep(512))
+    t.eq(t.bsys("actual_pages"), (t.mem - t.keep(512)) // t.page,
+         "sysfs actual_pages with a full balloon")
+    t.qmp.balloon(t.keep(256))
+    deadline = time.monotonic() + 30
+    while t.qmp.query_balloon() >= t.keep(512):
+        t.check(time.monotonic() < deadline, "the second inflate did not start")
+        time.sleep(0.05)
+    mark = t.vm.console.mark()
+    secs = t.reboot(timeout=60)
+    t.log(f"QEMU exited {secs:.1f} s after reboot -f, status {t.vm.proc.returncode}")
+    t.eq(t.vm.proc.returncode, 0, "QEMU's exit status after the guest's reboot")
+    t.check("reboot: Restarting system" in t.vm.console.text(mark),
+            "the guest's kernel never said it restarts")
+
+
 @case(timeout=900, fresh=True)
 def case_migrate_full(t):
     """Live migration with a full balloon, to a file and into a new QEMU:

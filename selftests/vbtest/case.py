@@ -116,6 +116,7 @@ class Context:
 
     def __init__(self, spec, vm, kver, driver, verbose=False):
         self.spec, self.vm, self.kver, self.driver = spec, vm, kver, driver
+        self.ended = False      # the case ends the guest on purpose
         self.config = spec.config
         self.params = spec.params
         self.g = vm.guest
@@ -202,7 +203,8 @@ class Context:
         query-balloon, pages inflated/deflated/migrated with the vmstat balloon
         counters since the driver was loaded, and inflated - deflated with
         what it holds. Waits (up to timeout) for the balloon to be still."""
-        if self.driver != "vballoon" or self._vmstat0 is None or not self.driver_loaded():
+        if self.ended or self.driver != "vballoon" or self._vmstat0 is None \
+                or not self.driver_loaded():
             return
         deadline = time.monotonic() + timeout
         prev = None
@@ -242,6 +244,21 @@ class Context:
         """A new balloon device was bound (hot plug): its sysfs counters
         start from zero, so compare them with /proc/vmstat from here."""
         self._vmstat0 = self.g.vmstat() if self.driver == "vballoon" else None
+
+    def reboot(self, timeout=120):
+        """reboot -f in the guest: the kernel shuts every device down and
+        restarts, and QEMU (-no-reboot) exits. Returns the seconds it took;
+        fails if QEMU still runs after timeout (a shutdown that hangs)."""
+        self.ended = True
+        t0 = time.monotonic()
+        self.g.run("(sleep 0.2; reboot -f) </dev/null >/dev/null 2>&1 &", 10)
+        while self.vm.alive():
+            if time.monotonic() - t0 > timeout:
+                self.fail(f"QEMU still runs {timeout} s after reboot -f: "
+                          "the guest's shutdown hangs")
+            time.sleep(0.2)
+        self.g.dead = True
+        return time.monotonic() - t0
 
     def unload_driver(self, timeout=120):
         self.g.check(f"rmmod {self.driver}", timeout)
