@@ -13,7 +13,11 @@ cached in build/distro/) with the kernel's own modules, the DKMS-built
 vballoon.ko in updates/dkms and the package's modprobe.d file, booted with
 its own udev. udev must load vballoon and not virtio_balloon, the balloon
 must follow QMP, "modprobe -r vballoon" must give a full balloon back, and
-with the README's "Turning ballooning off" lines no driver may bind.
+with the README's "Turning ballooning off" lines no driver may bind (and
+"modprobe virtio_balloon" by name loads virtio_balloon, not vballoon).
+Last, vballoon is taken out of the kernel's tree as DKMS leaves a kernel it
+did not build for: udev must bind virtio_balloon, the balloon must follow
+QMP, and the kernel log must say why.
 
 Output is TAP; the last line is "N passed, N failed".  See
 selftests/README.md and Documentation/installation.rst.
@@ -47,6 +51,11 @@ SUITE = "bookworm"
 DEBOOTSTRAP = ["--variant=minbase", "--include=kmod,udev"]
 BALLOON_ALIAS = "virtio:d00000005v00001AF4"
 MODPROBE_CONF = Path("/etc/modprobe.d/vballoon.conf")
+# The kernel log lines of modprobe.d/vballoon.conf's install rule.
+LOG_TAG = "modprobe.d/vballoon.conf: "
+LOG_VBALLOON = LOG_TAG + "vballoon loaded in place of virtio_balloon"
+LOG_BLACKLISTED = LOG_TAG + "vballoon is blacklisted: loading virtio_balloon"
+LOG_MISSING = LOG_TAG + "no vballoon for kernel {kver}: loading virtio_balloon"
 MiB = 1 << 20
 GUEST_MIB = 1024
 INFLATE_MIB = 256
@@ -304,23 +313,28 @@ class Package:
                   f"{path}: version {fields.get('version')}, want {self.version}")
             check(fields.get("vermagic", "").split(" ")[0] == kver,
                   f"{path}: vermagic {fields.get('vermagic')}")
-            # What udev would load for the balloon: the blacklist leaves vballoon.
+            # What udev would load for the balloon: vballoon, and for
+            # virtio_balloon the install rule instead of the module.
             dry = sh(["modprobe", "-S", kver, "--dry-run", "--show-depends",
                       BALLOON_ALIAS])
             loads = [Path(l.split()[1]).name for l in dry.splitlines()
                      if l.startswith("insmod ")]
-            note(f"modprobe -S {kver} --show-depends {BALLOON_ALIAS}: {loads}")
+            rules = [l for l in dry.splitlines() if l.startswith("install ")]
+            note(f"modprobe -S {kver} --show-depends {BALLOON_ALIAS}: {loads}, "
+                 f"{len(rules)} install rule(s)")
             check(any(n.startswith("vballoon.ko") for n in loads)
-                  and not any(n.startswith("virtio_balloon.ko") for n in loads),
-                  f"the balloon's alias resolves to {loads} on {kver}")
+                  and not any(n.startswith("virtio_balloon.ko") for n in loads)
+                  and len(rules) == 1 and "modprobe vballoon" in rules[0],
+                  f"the balloon's alias resolves to {loads}, {rules} on {kver}")
             keep = self.run / "artifacts" / kver
             keep.mkdir(parents=True, exist_ok=True)
             self.modules[kver] = Path(shutil.copy2(path, keep))
         check(MODPROBE_CONF.exists(), f"{MODPROBE_CONF} not installed")
         check(MODPROBE_CONF.read_text() == (REPO / "modprobe.d" / "vballoon.conf").read_text(),
               f"{MODPROBE_CONF} is not the tree's modprobe.d/vballoon.conf")
-        check(re.search(r"^blacklist virtio_balloon$", MODPROBE_CONF.read_text(), re.M),
-              f"{MODPROBE_CONF} does not blacklist virtio_balloon")
+        check(re.search(r"^install virtio_balloon ", MODPROBE_CONF.read_text(), re.M)
+              and not re.search(r"^blacklist", MODPROBE_CONF.read_text(), re.M),
+              f"{MODPROBE_CONF} has no install rule for virtio_balloon, or a blacklist")
         self.conf = Path(shutil.copy2(MODPROBE_CONF, self.run / "artifacts" / "vballoon.conf"))
         conf = Path(f"/usr/src/vballoon-{self.version}/dkms.conf").read_text()
         check(f'PACKAGE_VERSION="{self.version}"' in conf,
@@ -571,6 +585,11 @@ class DistroGuest:
         check(not bad, "the guest console shows:\n" + "\n".join(bad) +
               "\nlast lines:\n" + "\n".join(self.vm.console.tail(TAIL)))
 
+    def kernel_log(self):
+        """The install rule's lines in the guest's kernel log."""
+        out = self.vm.guest.check("dmesg")
+        return [l[l.index(LOG_TAG):].strip() for l in out.splitlines() if LOG_TAG in l]
+
     def balloon_state(self):
         """(loaded balloon modules, driver bound to the balloon device)."""
         g = self.vm.guest
@@ -599,7 +618,10 @@ class DistroGuest:
         check(path.startswith(f"/lib/modules/{self.kver}/updates/dkms/vballoon.ko"),
               f"the guest's vballoon is {path}, not the DKMS module")
         conf = g.check("cat /etc/modprobe.d/vballoon.conf")
-        check("blacklist virtio_balloon" in conf, f"/etc/modprobe.d/vballoon.conf: {conf}")
+        check("install virtio_balloon " in conf, f"/etc/modprobe.d/vballoon.conf: {conf}")
+        log = self.kernel_log()
+        note(f"kernel log: {log}")
+        check(log == [LOG_VBALLOON], f"the kernel log has {log}, want [{LOG_VBALLOON!r}]")
 
     def step_balloon(self, note):
         vm = self.require_vm()
@@ -669,6 +691,52 @@ class DistroGuest:
              f"{sorted(a >> 20 for a in seen)} MiB; MemTotal {memtotal} -> {after} kB")
         check(seen == {self.full}, f"actual moved without a driver: {sorted(seen)}")
         check(after == memtotal, f"MemTotal moved without a driver: {memtotal} -> {after}")
+        check(not self.kernel_log(), f"the install rule ran: {self.kernel_log()}")
+        self.console_clean()
+        # A blacklist only stops alias lookups: by name, virtio_balloon still
+        # loads, and the install rule must not bring in the blacklisted vballoon.
+        g.check("modprobe virtio_balloon", timeout=60)
+        mods, dev, drv = self.balloon_state()
+        log = self.kernel_log()
+        note(f"modprobe virtio_balloon: loaded {mods}, driver {drv}; kernel log: {log}")
+        check(mods == ["virtio_balloon"] and drv == "virtio_balloon",
+              f"modprobe virtio_balloon with both blacklisted: loaded {mods}, driver {drv}")
+        check(log == [LOG_BLACKLISTED], f"the kernel log has {log}, want [{LOG_BLACKLISTED!r}]")
+
+    def step_no_vballoon(self, note):
+        """A kernel vballoon is not installed for keeps virtio_balloon."""
+        name = self.blacklist[0]
+        vm = self.vm if self.vm is not None and self.vm.alive() else self.boot(note)
+        # As DKMS leaves a kernel it did not build for (7.x before the
+        # dkms.conf fix): the kernel's tree without vballoon, no blacklist.
+        vm.guest.check(f"rm -f {shlex.quote(name)} /lib/modules/{self.kver}/updates/dkms/"
+                       f"vballoon.ko* && depmod && sync", timeout=300)
+        vm = self.boot(note)
+        g = vm.guest
+        rc, out = g.run("modprobe -n -v vballoon")
+        check(rc != 0, f"vballoon is still installed: {out}")
+        mods, dev, drv = self.balloon_state()
+        drivers = g.check("ls /sys/bus/virtio/drivers").split()
+        log = self.kernel_log()
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; /sys/bus/virtio/drivers: {drivers}; "
+             f"kernel log: {log}")
+        check(mods == ["virtio_balloon"] and drv == "virtio_balloon",
+              f"udev did not bind virtio_balloon: loaded {mods}, {dev}/driver -> {drv}")
+        want = LOG_MISSING.format(kver=self.kver)
+        check(log == [want], f"the kernel log has {log}, want [{want!r}]")
+        actual = vm.qmp.query_balloon()
+        check(actual == self.full, f"query-balloon actual {actual}, want {self.full}")
+        memtotal0 = g.meminfo()["MemTotal"]
+        target = self.full - INFLATE_MIB * MiB
+        t0 = time.monotonic()
+        vm.qmp.balloon(target)
+        vm.qmp.wait_actual(target, timeout=120)
+        memtotal = g.meminfo()["MemTotal"]
+        note(f"balloon {target >> 20} MiB: actual reached in {time.monotonic() - t0:.1f} s; "
+             f"MemTotal {memtotal0} -> {memtotal} kB")
+        drop = memtotal0 - memtotal
+        check(abs(drop - INFLATE_MIB * 1024) <= 4096,
+              f"guest MemTotal dropped by {drop} kB, want {INFLATE_MIB * 1024} kB")
         self.console_clean()
 
 
@@ -679,6 +747,8 @@ def parse_args():
                    help="kernel to boot (repeatable); default: every kernel with headers "
                         "and /boot/vmlinuz-KVER")
     p.add_argument("--no-boot", action="store_true", help="only the package tests")
+    p.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
+                   help="guests running at a time, one per kernel (default: 2)")
     p.add_argument("--no-make-install", action="store_true",
                    help="skip the make install/uninstall test")
     p.add_argument("--mirror", help="Debian mirror for debootstrap (default: from "
@@ -748,9 +818,16 @@ def main():
         note(f"accel {accel}")
         return image, accel
 
+    slots = threading.Semaphore(max(1, args.jobs))
+
     def one_kernel(kver, prepared):
+        with slots:
+            one_kernel_steps(kver, prepared)
+
+    def one_kernel_steps(kver, prepared):
         steps = [("udev-autoload", "step_autoload"), ("balloon", "step_balloon"),
-                 ("modprobe-r", "step_unload"), ("blacklist-both", "step_blacklist")]
+                 ("modprobe-r", "step_unload"), ("blacklist-both", "step_blacklist"),
+                 ("no-vballoon", "step_no_vballoon")]
         guest = None
         if prepared:
             try:
