@@ -44,6 +44,10 @@ def parse_args():
                    help="module file to test (default build/KVER/vballoon.ko)")
     p.add_argument("-k", dest="filter", action="append", metavar="SUBSTR",
                    help="only cases whose 'kver/name' contains SUBSTR (repeatable: any)")
+    p.add_argument("--core", action="store_true",
+                   help="only the core cases (@case(core=True)), except on the --full kernels")
+    p.add_argument("--full", action="append", metavar="KVER", default=[],
+                   help="with --core: a kernel that runs every case (repeatable)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--cases", metavar="DIR", default=None,
                    help="directory of test_*.py case files (default selftests/cases)")
@@ -252,6 +256,7 @@ def main():
     kernels = find_kernels(args)
     items = [(kver, s) for kver, _ in kernels for s in specs
              if platform.runs_on(kver, s.arches) and
+             (not args.core or s.core or kver in args.full) and
              (not args.filter or any(f in f"{kver}/{s.name}" for f in args.filter))]
     if args.list:
         for kver, s in items:

@@ -36,7 +36,7 @@ def expected_features(offered, cmdline):
     "doo=on,poison=off": dict(device={**DOO_ON, **POISON_OFF}),
     # guest poisons, but the host does not offer it
     "doo=off,poison=off": dict(device={**DOO_OFF, **POISON_OFF}, cmdline="page_poison=1"),
-}, arches=ALL_ARCHES)
+}, arches=ALL_ARCHES, core=True)
 def case_bind(t):
     """The module binds the balloon and negotiates what both sides agree on."""
     g = t.g
@@ -81,7 +81,7 @@ def case_bind(t):
 @case(variants={
     "doo=off": dict(device=DOO_OFF),
     "doo=on": dict(device={**DOO_ON, **POISON_OFF}),
-}, arches=ALL_ARCHES)
+}, arches=ALL_ARCHES, core=True)
 def case_targets(t):
     """Inflate to 256 MiB, deflate to 768 MiB, then back to the full 1 GiB."""
     doo = t.config.dev["deflate-on-oom"] == "on"

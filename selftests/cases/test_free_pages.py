@@ -25,7 +25,7 @@ def dirty_and_free(g, mib):
     g.check("tmpfill clear /tmp/dirty", timeout=60)
 
 
-@case(timeout=600, fresh=True, arches=ALL_ARCHES, **HINT)
+@case(timeout=600, fresh=True, arches=ALL_ARCHES, **HINT, core=True)
 def case_hint_migration(t):
     """Migrating with free page hinting skips the guest's free memory: the
     RAM sent shrinks by at least 70% (60% with 16 KiB pages) against the
@@ -176,7 +176,7 @@ def rss_kb(t):
     return t.rss()["VmRSS"]
 
 
-@case(timeout=300, fresh=True, device=REPORT, arches=ALL_ARCHES)
+@case(timeout=300, fresh=True, device=REPORT, arches=ALL_ARCHES, core=True)
 def case_report(t):
     """Free page reporting: memory the guest frees goes back to the host
     within 10 s (QEMU's RSS falls by >= 90% of it)."""

@@ -32,7 +32,7 @@ def only_vballoon(t):
         t.skip("vballoon's own interface")
 
 
-@case(device={"deflate-on-oom": "on", "free-page-reporting": "on"})
+@case(device={"deflate-on-oom": "on", "free-page-reporting": "on"}, core=True)
 def case_sysfs(t):
     """balloon/ in sysfs: features by name as the host negotiated them,
     target and actual in pages and bytes as QMP says, counters as
@@ -167,7 +167,7 @@ def case_tracepoints(t):
     t.balloon(t.mem)
 
 
-@case()
+@case(core=True)
 def case_debugfs(t):
     """/sys/kernel/debug/vballoon/virtioN: pages by zone add up to what the
     balloon holds, the page migration scheme is the kernel's, targets and

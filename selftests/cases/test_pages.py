@@ -23,7 +23,7 @@ def fragment(t, files):
     t.g.check(f"tmpfill fill /tmp/frag {files} 1024", timeout=180)
 
 
-@case(timeout=400, arches=ALL_ARCHES)
+@case(timeout=400, arches=ALL_ARCHES, core=True)
 def case_compaction(t):
     """Compaction migrates balloon pages: balloon_migrate rises, the host is
     told (inflate new, deflate old) so actual and MemTotal do not move, and
@@ -54,7 +54,7 @@ def case_compaction(t):
          "balloon_deflate delta")
 
 
-@case(timeout=600, arches=ALL_ARCHES)
+@case(timeout=600, arches=ALL_ARCHES, core=True)
 def case_integrity(t):
     """A pattern over most of the guest's free memory, and checksummed tmpfs
     files, stay intact through inflate, compaction and deflate cycles."""
@@ -97,7 +97,7 @@ def case_integrity(t):
     job.signal("TERM")
 
 
-@case(timeout=400, arches=ALL_ARCHES)
+@case(timeout=400, arches=ALL_ARCHES, core=True)
 def case_unload(t):
     """rmmod with a full balloon returns every page to the guest and tells
     the host (actual back to the full size); 20 load/unload cycles too,

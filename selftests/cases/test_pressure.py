@@ -9,7 +9,7 @@ from vbtest.stats import compare_stats, wait_stats
 DOO_ON = {"deflate-on-oom": "on"}
 
 
-@case(arches=ALL_ARCHES)
+@case(arches=ALL_ARCHES, core=True)
 def case_stats(t):
     """With a polling interval set, guest-stats refreshes and agrees with
     the guest's /proc/meminfo and /proc/vmstat, before and after inflating."""
@@ -30,7 +30,7 @@ def hog_size(t):
     return t.g.meminfo()["MemAvailable"] // 1024 + 200
 
 
-@case(device=DOO_ON, timeout=300)
+@case(device=DOO_ON, timeout=300, core=True)
 def case_oom_deflate(t):
     """deflate-on-oom: a process needing more than is free gets it from the
     balloon; no process is killed and MemTotal never moves."""

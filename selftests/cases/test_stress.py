@@ -189,7 +189,7 @@ def case_suspend(t):
     t.balloon(t.mem)
 
 
-@case(timeout=300, fresh=True, device={"free-page-reporting": "on"})
+@case(timeout=300, fresh=True, device={"free-page-reporting": "on"}, core=True)
 def case_reboot(t):
     """reboot -f with a full balloon, an inflate under way, the stats queue
     polled and page reporting on: the guest's kernel shuts the device down
@@ -199,7 +199,7 @@ def case_reboot(t):
     t.load_driver()
     t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
     t.balloon(t.keep(512))
-    t.eq(t.bsys("actual_pages"), (t.mem - t.keep(512)) // t.page,
+    t.eq(int(t.bsys("actual_pages")), (t.mem - t.keep(512)) // t.page,
          "sysfs actual_pages with a full balloon")
     t.qmp.balloon(t.keep(256))
     deadline = time.monotonic() + 30

@@ -42,6 +42,7 @@ class Spec:
     variant: str = ""
     topic: str = ""
     arches: tuple = X86_ONLY
+    core: bool = False
 
     def group_key(self, kver):
         """Specs with the same key may share one booted guest."""
@@ -50,7 +51,7 @@ class Spec:
 
 def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
          timeout=300, allow_oom=False, fresh=False, variants=None, arches=X86_ONLY,
-         machine=""):
+         machine="", core=False):
     """Declare a case_* function's guest configuration.
 
     mem       guest RAM in MiB
@@ -62,6 +63,9 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
     fresh     run in a guest of its own (no sharing with other cases)
     arches    guest architectures to run on (X86_ONLY or ALL_ARCHES)
     machine   "" (virtio-pci) or "microvm" (x86, the balloon on virtio-mmio)
+    core      one of the core cases, which run on every kernel (the rest run
+              on the kernels the runner is given with --full, or on all
+              without --core)
     variants  {suffix: overrides}: run once per entry as "name[suffix]";
               overrides may hold mem, smp, device, cmdline, qemu_args, machine (merged
               into the above) and params (a dict handed to the case as t.params)
@@ -75,7 +79,7 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
             params = over.pop("params", {})
             specs.append(Spec(f"{base}[{suffix}]" if suffix else base, func,
                               cfg.merged(**over), timeout, allow_oom, fresh,
-                              params, suffix, arches=tuple(arches)))
+                              params, suffix, arches=tuple(arches), core=core))
         func.vbtest_specs = specs
         return func
     return wrap
