@@ -31,6 +31,7 @@
 #include <linux/swap.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
 #include <linux/vmstat.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -49,7 +50,6 @@
  * (Firecracker), so this is also the protocol's practical maximum.
  */
 #define VB_PFNS_PER_BUF		256
-#define VB_PAGES_PER_BUF	(VB_PFNS_PER_BUF / VB_UNITS_PER_PAGE)
 
 #define VB_STATS_MAX		16
 
@@ -72,6 +72,12 @@
 
 /* While the balloon holds pages, the reserve is checked this often. */
 #define VB_GUARD_MS		1000
+
+/*
+ * The size and stats work. The size work gives pages back to a guest short
+ * of memory (the reserve): it must run even when no worker can be forked.
+ */
+static struct workqueue_struct *vb_wq;
 
 /* Virtqueues in the spec's order; absent ones are skipped by the transport. */
 enum vb_vq {
@@ -139,7 +145,7 @@ static const struct kernel_param_ops vb_uint_param_ops = {
 static struct vb_uint_param oom_pages = { .val = 256, .min = 1, .max = 65536 };
 module_param_cb(oom_pages, &vb_uint_param_ops, &oom_pages, 0644);
 MODULE_PARM_DESC(oom_pages,
-		 "Guest pages given back per OOM notification when the host offers DEFLATE_ON_OOM (1-65536, default 256)");
+		 "4 KiB units given back per OOM notification when the host offers DEFLATE_ON_OOM, rounded up to whole guest pages (1-65536, default 256: 1 MiB, as the in-tree driver)");
 
 static struct vb_uint_param report_order = {
 	.val = 0, .min = 0, .max = VBALLOON_MAX_ORDER,
@@ -338,7 +344,7 @@ static void vb_reap(struct vballoon *vb, struct virtqueue *vq)
 	while ((buf = virtqueue_get_buf(vq, &len))) {
 		vb_release_pages(vb, &buf->pages);
 		__set_bit(buf - vb->bufs, &vb->free_bufs);
-		vb->inflight--;
+		WRITE_ONCE(vb->inflight, vb->inflight - 1);
 	}
 }
 
@@ -383,7 +389,7 @@ static void vb_send(struct vballoon *vb, struct virtqueue *vq,
 		vb_unget_buf(vb, buf);
 		return;
 	}
-	vb->inflight++;
+	WRITE_ONCE(vb->inflight, vb->inflight + 1);
 	virtqueue_kick(vq);
 }
 
@@ -574,7 +580,7 @@ static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
 	if (n < want && stock) {
 		i = min_t(unsigned long, want - n, stock);
 		i = vballoon_alloc_bulk(VB_GFP, i, list);
-		vb->pcp_taken += i;
+		WRITE_ONCE(vb->pcp_taken, vb->pcp_taken + i);
 		atomic64_add(i, &vb->cnt[VB_CNT_PCP_PAGES]);
 		n += i;
 	}
@@ -666,7 +672,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 		if (vb->nr_stash)
 			order = VB_HUGE_ORDER;
 		vballoon_pages_enqueue(vb->pages, &list);
-		vb->num_pages += n * VB_UNITS_PER_PAGE;
+		WRITE_ONCE(vb->num_pages, vb->num_pages + n * VB_UNITS_PER_PAGE);
 		done += n;
 		atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
 		vb_send(vb, vb->inflate_vq, buf);
@@ -714,7 +720,7 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 		}
 		list_for_each_entry(page, &buf->pages, lru)
 			vb_put_pfns(vb, buf->pfns, &buf->n, page);
-		vb->num_pages -= n * VB_UNITS_PER_PAGE;
+		WRITE_ONCE(vb->num_pages, vb->num_pages - n * VB_UNITS_PER_PAGE);
 		done += n;
 		/*
 		 * With MUST_TELL_HOST the pages wait for the host's ack (see
@@ -743,7 +749,11 @@ static unsigned int vb_deflate(struct vballoon *vb, unsigned int units)
 	return n;
 }
 
-/* The host's target in 4 KiB units, rounded up to whole guest pages. */
+/*
+ * The host's target in 4 KiB units, rounded up to whole guest pages. With
+ * 16 or 64 KiB pages a target near 2^32 would round past U32_MAX to 0:
+ * such a target gets the most whole pages that fit.
+ */
 static unsigned int vb_target(struct vballoon *vb)
 {
 	u32 num_pages;
@@ -751,7 +761,8 @@ static unsigned int vb_target(struct vballoon *vb)
 	/* Balloon config space is little-endian even on legacy devices. */
 	virtio_cread_le(vb->vdev, struct virtio_balloon_config, num_pages,
 			&num_pages);
-	return ALIGN(num_pages, VB_UNITS_PER_PAGE);
+	return min_t(u64, ALIGN((u64)num_pages, VB_UNITS_PER_PAGE),
+		     ALIGN_DOWN(U32_MAX, VB_UNITS_PER_PAGE));
 }
 
 /*
@@ -768,10 +779,10 @@ static void vb_queue_size_work(struct vballoon *vb, unsigned long delay,
 	spin_lock_irqsave(&vb->stop_lock, flags);
 	if (!vb->stop_update) {
 		if (sooner)
-			queue_delayed_work(system_freezable_wq, &vb->size_work,
+			queue_delayed_work(vb_wq, &vb->size_work,
 					   delay);
 		else
-			mod_delayed_work(system_freezable_wq, &vb->size_work,
+			mod_delayed_work(vb_wq, &vb->size_work,
 					 delay);
 	}
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
@@ -804,17 +815,17 @@ static void vb_refuse(struct vballoon *vb, unsigned int target,
 		return;
 	if (!READ_ONCE(vb->inflate))
 		dev_info(&vb->vdev->dev,
-			 "target %u KiB not reached: holding %u KiB, stats-only mode (inflate=0)\n",
-			 target << 2, READ_ONCE(vb->num_pages) << 2);
+			 "target %llu KiB not reached: holding %llu KiB, stats-only mode (inflate=0)\n",
+			 (u64)target << 2, (u64)READ_ONCE(vb->num_pages) << 2);
 	else if (goal < target && READ_ONCE(vb->num_pages) >= goal)
 		dev_info(&vb->vdev->dev,
-			 "target %u KiB not reached: holding %u KiB, at most %u%% of guest memory (max_balloon_pct)\n",
-			 target << 2, READ_ONCE(vb->num_pages) << 2,
+			 "target %llu KiB not reached: holding %llu KiB, at most %u%% of guest memory (max_balloon_pct)\n",
+			 (u64)target << 2, (u64)READ_ONCE(vb->num_pages) << 2,
 			 READ_ONCE(vb->max_pct));
 	else
 		dev_info(&vb->vdev->dev,
-			 "target %u KiB not reached: holding %u KiB, guest keeps %lu KiB available; retrying in %u ms\n",
-			 target << 2, READ_ONCE(vb->num_pages) << 2,
+			 "target %llu KiB not reached: holding %llu KiB, guest keeps %lu KiB available; retrying in %u ms\n",
+			 (u64)target << 2, (u64)READ_ONCE(vb->num_pages) << 2,
 			 floor << (PAGE_SHIFT - 10),
 			 time_after(retry_at, jiffies) ?
 			 jiffies_to_msecs(retry_at - jiffies) : 0);
@@ -866,7 +877,7 @@ static void vb_size_work(struct work_struct *work)
 		vb->prev_target = vb->last_target;
 		vb->last_target = target;
 		vb->last_target_ms = vb_now_ms();
-		vb->pcp_taken = 0;
+		WRITE_ONCE(vb->pcp_taken, 0);
 		trace_vballoon_target(target, held, goal);
 	}
 
@@ -970,7 +981,7 @@ static int vb_post_stats(struct vballoon *vb)
 	unsigned int n = vb_fill_stats(vb);
 	int err;
 
-	vb->nr_stats = n;
+	WRITE_ONCE(vb->nr_stats, n);
 	sg_init_one(&sg, vb->stats, sizeof(vb->stats[0]) * n);
 	err = virtqueue_add_outbuf(vb->stats_vq, &sg, 1, vb, GFP_KERNEL);
 	if (!err)
@@ -998,7 +1009,7 @@ static void vb_stats_request(struct virtqueue *vq)
 
 	spin_lock_irqsave(&vb->stop_lock, flags);
 	if (!vb->stop_update)
-		queue_work(system_freezable_wq, &vb->stats_work);
+		queue_work(vb_wq, &vb->stats_work);
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
@@ -1007,7 +1018,7 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 {
 	struct vballoon *vb = container_of(nb, struct vballoon, oom_nb);
 	unsigned long *freed = parm;
-	unsigned int units = READ_ONCE(oom_pages.val) * VB_UNITS_PER_PAGE;
+	unsigned int units = ALIGN(READ_ONCE(oom_pages.val), VB_UNITS_PER_PAGE);
 	unsigned int done = 0, n;
 
 	mutex_lock(&vb->lock);
@@ -1060,9 +1071,13 @@ static u32 vb_hint_cmd_id(struct vballoon *vb)
 {
 	struct vb_hint *h = &vb->hint;
 
-	if (test_and_clear_bit(0, &h->reread))
+	u32 id;
+
+	if (test_and_clear_bit(0, &h->reread)) {
 		virtio_cread_le(vb->vdev, struct virtio_balloon_config,
-				free_page_hint_cmd_id, &h->cmd_id);
+				free_page_hint_cmd_id, &id);
+		WRITE_ONCE(h->cmd_id, id);
+	}
 	return h->cmd_id;
 }
 
@@ -1080,7 +1095,7 @@ static unsigned long vb_hint_release(struct vballoon *vb, unsigned long n)
 		list_move(&page->lru, &list);
 		done++;
 	}
-	h->nr_blocks -= done;
+	WRITE_ONCE(h->nr_blocks, h->nr_blocks - done);
 	spin_unlock_irq(&h->lock);
 
 	list_for_each_entry_safe(page, tmp, &list, lru) {
@@ -1170,7 +1185,7 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 		virtqueue_kick(h->vq);
 		spin_lock_irq(&h->lock);
 		list_add(&page->lru, &h->blocks);
-		h->nr_blocks++;
+		WRITE_ONCE(h->nr_blocks, h->nr_blocks + 1);
 		spin_unlock_irq(&h->lock);
 		(*blocks)++;
 	}
@@ -1213,7 +1228,7 @@ static void vb_hint_work(struct work_struct *work)
 
 static void vb_hint_kick(struct vballoon *vb)
 {
-	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+	if (!vb->hint.wq)
 		return;
 	set_bit(0, &vb->hint.reread);
 	/* A round waiting for room must notice a new command id. */
@@ -1232,6 +1247,13 @@ static int vb_hint_init(struct vballoon *vb)
 	h->active = cpu_to_virtio32(vb->vdev, VIRTIO_BALLOON_CMD_ID_STOP);
 	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
 		return 0;
+	/* A round needs the command id and at least one block on the queue. */
+	if (virtqueue_get_vring_size(h->vq) < 2) {
+		dev_warn(&vb->vdev->dev,
+			 "free page hint queue holds %u entry, a round needs 2: not hinting\n",
+			 virtqueue_get_vring_size(h->vq));
+		return 0;
+	}
 
 	h->wq = alloc_workqueue("vballoon-hint", WQ_FREEZABLE | WQ_CPU_INTENSIVE,
 				0);
@@ -1248,7 +1270,7 @@ static int vb_hint_init(struct vballoon *vb)
 
 static void vb_hint_exit(struct vballoon *vb)
 {
-	if (!vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+	if (!vb->hint.wq)
 		return;
 	vballoon_shrinker_destroy(vb->hint.shrinker);
 	destroy_workqueue(vb->hint.wq);
@@ -1607,7 +1629,7 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 	seq_printf(m, "isolated_pages: %lu\n",
 		   vballoon_pages_isolated(vb->pages));
 	vb_debugfs_zones(m, vb);
-	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+	if (vb->hint.wq)
 		seq_printf(m, "hint: cmd_id %u, blocks held %lu of order %u\n",
 			   READ_ONCE(vb->hint.cmd_id),
 			   READ_ONCE(vb->hint.nr_blocks), VB_HINT_ORDER);
@@ -1705,6 +1727,12 @@ static int vb_validate(struct virtio_device *vdev)
 	__virtio_clear_bit(vdev, VIRTIO_F_ACCESS_PLATFORM);
 
 	/*
+	 * A page report adds up to 32 entries with GFP_NOWAIT while the
+	 * pages are held: no indirect table to allocate then.
+	 */
+	__virtio_clear_bit(vdev, VIRTIO_RING_F_INDIRECT_DESC);
+
+	/*
 	 * Nothing to tell the host if freed pages keep no known content. If
 	 * they do and the host cannot be told, reporting would let the host
 	 * change free pages under the guest's poison checks: go without it.
@@ -1757,7 +1785,7 @@ static void vb_stop_updates(struct vballoon *vb)
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->size_work);
 	cancel_work_sync(&vb->stats_work);
-	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT)) {
+	if (vb->hint.wq) {
 		/* Let a round waiting for room see the end. */
 		set_bit(0, &vb->hint.reread);
 		wake_up(&vb->acked);
@@ -2006,10 +2034,15 @@ static int __init vb_init(void)
 	pr_info("version %s, balloon pages migrate through the %s\n",
 		VBALLOON_VERSION, vballoon_pages_scheme());
 	vballoon_compat_report();
+	vb_wq = alloc_workqueue(KBUILD_MODNAME, WQ_FREEZABLE | WQ_MEM_RECLAIM, 0);
+	if (!vb_wq)
+		return -ENOMEM;
 	vb_debugfs_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	err = register_virtio_driver(&vb_driver);
-	if (err)
+	if (err) {
 		debugfs_remove_recursive(vb_debugfs_root);
+		destroy_workqueue(vb_wq);
+	}
 	return err;
 }
 module_init(vb_init);
@@ -2018,6 +2051,7 @@ static void __exit vb_exit(void)
 {
 	unregister_virtio_driver(&vb_driver);
 	debugfs_remove_recursive(vb_debugfs_root);
+	destroy_workqueue(vb_wq);
 }
 module_exit(vb_exit);
 

@@ -74,6 +74,10 @@ def case_bind(t):
     dev_cfg = t.config.dev
     t.eq(bool(guest & virtio.bit("DEFLATE_ON_OOM")), dev_cfg["deflate-on-oom"] == "on",
          "DEFLATE_ON_OOM negotiated")
+    # a page report must not allocate an indirect table (GFP_NOWAIT, with
+    # up to 32 free pages held): the driver declines indirect descriptors
+    t.check(not guest & virtio.bit("VIRTIO_RING_F_INDIRECT_DESC") or t.driver != "vballoon",
+            "INDIRECT_DESC negotiated")
     if offered & virtio.bit("VIRTIO_F_VERSION_1"):
         t.check(guest & virtio.bit("VIRTIO_F_VERSION_1"), "VERSION_1 offered but not accepted")
 
