@@ -295,6 +295,7 @@ struct vballoon {
 	bool quiesced;
 	struct vb_hint hint;
 	struct page_reporting_dev_info reporting;
+	bool reporting_on;
 
 	struct virtio_balloon_stat stats[VB_STATS_MAX];
 	/* vb_fill_stats()'s copy of the event counters: too big for a stack. */
@@ -1326,6 +1327,7 @@ static unsigned int vb_report_order(void)
 static int vb_reporting_init(struct vballoon *vb)
 {
 	unsigned int size, asked, order;
+	int err;
 
 	if (!vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
 		return 0;
@@ -1343,13 +1345,26 @@ static int vb_reporting_init(struct vballoon *vb)
 		dev_info(&vb->vdev->dev,
 			 "report_order %u: this kernel reports blocks of order %u\n",
 			 asked, order);
-	return page_reporting_register(&vb->reporting);
+	/*
+	 * The kernel takes one reporting device; another (a second balloon)
+	 * holding it is no reason to leave this one without a balloon.
+	 */
+	err = page_reporting_register(&vb->reporting);
+	if (err == -EBUSY) {
+		dev_info(&vb->vdev->dev,
+			 "free page reporting is taken by another device: not reporting\n");
+		return 0;
+	}
+	if (!err)
+		vb->reporting_on = true;
+	return err;
 }
 
 static void vb_reporting_exit(struct vballoon *vb)
 {
-	if (vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
+	if (vb->reporting_on)
 		page_reporting_unregister(&vb->reporting);
+	vb->reporting_on = false;
 }
 
 /*
