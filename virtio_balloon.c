@@ -296,6 +296,8 @@ struct vballoon {
 	struct vb_hint hint;
 	struct page_reporting_dev_info reporting;
 	bool reporting_on;
+	/* vb_init_vqs() succeeded and the queues are not deleted yet. */
+	bool vqs_live;
 
 	struct virtio_balloon_stat stats[VB_STATS_MAX];
 	/* vb_fill_stats()'s copy of the event counters: too big for a stack. */
@@ -976,7 +978,7 @@ static unsigned int vb_fill_stats(struct vballoon *vb)
 }
 
 /* (Re)post the stats buffer; the host returns it when it wants figures. */
-static int vb_post_stats(struct vballoon *vb)
+static int vb_post_stats(struct vballoon *vb, bool kick)
 {
 	struct scatterlist sg;
 	unsigned int n = vb_fill_stats(vb);
@@ -985,7 +987,7 @@ static int vb_post_stats(struct vballoon *vb)
 	WRITE_ONCE(vb->nr_stats, n);
 	sg_init_one(&sg, vb->stats, sizeof(vb->stats[0]) * n);
 	err = virtqueue_add_outbuf(vb->stats_vq, &sg, 1, vb, GFP_KERNEL);
-	if (!err)
+	if (!err && kick)
 		virtqueue_kick(vb->stats_vq);
 	return err;
 }
@@ -998,7 +1000,7 @@ static void vb_stats_work(struct work_struct *work)
 	if (!virtqueue_get_buf(vb->stats_vq, &len))
 		return;
 	atomic64_inc(&vb->cnt[VB_CNT_STATS_REQUESTS]);
-	if (vb_post_stats(vb))
+	if (vb_post_stats(vb, true))
 		dev_warn_ratelimited(&vb->vdev->dev,
 				     "cannot repost the stats buffer\n");
 }
@@ -1023,7 +1025,8 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 	unsigned int done = 0, n;
 
 	mutex_lock(&vb->lock);
-	while (done < units) {
+	/* Frozen or going away: the queues may be gone. */
+	while (done < units && !READ_ONCE(vb->stop_update)) {
 		n = vb_deflate_locked(vb, units - done);
 		if (!n)
 			break;
@@ -1708,12 +1711,17 @@ static int vb_init_vqs(struct vballoon *vb)
 	vb->hint.vq = vqs[VB_VQ_HINT];
 	vb->reporting_vq = vqs[VB_VQ_REPORTING];
 	vb->stats_vq = NULL;
+	vb->vqs_live = true;
 	if (vb_has(vb, VIRTIO_BALLOON_F_STATS_VQ)) {
 		vb->stats_vq = vqs[VB_VQ_STATS];
-		/* Prime the queue so the host can ask for figures. */
-		err = vb_post_stats(vb);
+		/*
+		 * Prime the queue so the host can ask for figures; the kick
+		 * waits for DRIVER_OK (vb_device_ready()).
+		 */
+		err = vb_post_stats(vb, false);
 		if (err) {
 			vb->vdev->config->del_vqs(vb->vdev);
+			vb->vqs_live = false;
 			return err;
 		}
 	}
@@ -1772,9 +1780,21 @@ static void vb_write_poison(struct vballoon *vb)
 			 &poison);
 }
 
+/* DRIVER_OK, then the notifications the spec holds back until it. */
+static void vb_device_ready(struct vballoon *vb)
+{
+	vb_write_poison(vb);
+	virtio_device_ready(vb->vdev);
+	if (vb->stats_vq)
+		virtqueue_kick(vb->stats_vq);
+}
+
 /* Give every page back to the guest, tell the host, reset the device. */
 static void vb_empty_and_reset(struct vballoon *vb)
 {
+	/* A failed restore left no queue to give pages back on. */
+	if (!vb->vqs_live)
+		return;
 	while (vb->num_pages) {
 		if (!vb_deflate(vb, vb->num_pages))
 			/* Pages isolated by migration come back shortly. */
@@ -1787,6 +1807,7 @@ static void vb_empty_and_reset(struct vballoon *vb)
 	vb_hint_release(vb, ULONG_MAX);
 	vballoon_reset_device(vb->vdev);
 	vb->vdev->config->del_vqs(vb->vdev);
+	vb->vqs_live = false;
 }
 
 /*
@@ -1896,9 +1917,7 @@ static int vb_probe(struct virtio_device *vdev)
 		if (err)
 			goto err_hint_exit;
 	}
-	vb_write_poison(vb);
-
-	virtio_device_ready(vdev);
+	vb_device_ready(vb);
 
 	err = vb_reporting_init(vb);
 	if (err)
@@ -1980,10 +1999,12 @@ static int vb_freeze(struct virtio_device *vdev)
 	struct vballoon *vb = vdev->priv;
 
 	/*
-	 * The freezable workqueue is already frozen: no work runs. Empty
-	 * the balloon so a restored guest starts from what the host wants
-	 * then.
+	 * The freezable workqueues are frozen, but work may be queued:
+	 * cancel it, and let none run on the queues deleted here until a
+	 * restore succeeds. Empty the balloon so a restored guest starts
+	 * from what the host wants then.
 	 */
+	vb_stop_updates(vb);
 	vb_reporting_exit(vb);
 	vb_empty_and_reset(vb);
 	return 0;
@@ -1997,11 +2018,20 @@ static int vb_restore(struct virtio_device *vdev)
 	err = vb_init_vqs(vb);
 	if (err)
 		return err;
-	vb_write_poison(vb);
-	virtio_device_ready(vdev);
+	vb_device_ready(vb);
 	err = vb_reporting_init(vb);
-	if (err)
+	if (err) {
+		vballoon_reset_device(vdev);
+		vdev->config->del_vqs(vdev);
+		vb->vqs_live = false;
 		return err;
+	}
+	spin_lock_irq(&vb->stop_lock);
+	WRITE_ONCE(vb->stop_update, false);
+	spin_unlock_irq(&vb->stop_lock);
+	/* A stats request that came before this queued no work: look. */
+	if (vb->stats_vq)
+		queue_work(vb_wq, &vb->stats_work);
 	vb_config_changed(vdev);
 	return 0;
 }
