@@ -21,6 +21,7 @@
 #include <linux/version.h>
 #include <linux/virtio_config.h>
 #include <linux/vmstat.h>
+#include <linux/workqueue.h>
 #include <uapi/linux/virtio_balloon.h>
 
 #if !IS_ENABLED(CONFIG_VIRTIO)
@@ -149,6 +150,16 @@ static inline int vballoon_find_vqs(struct virtio_device *vdev,
 	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
 #endif
 }
+
+/*
+ * v6.17: WQ_PERCPU; workqueues are to say per-CPU or unbound, and 7.x
+ * warns at alloc_workqueue() about one that says neither.
+ */
+#ifdef VB_HAVE_WQ_PERCPU
+#define VBALLOON_WQ_PERCPU	WQ_PERCPU
+#else
+#define VBALLOON_WQ_PERCPU	0
+#endif
 
 /* v5.17: virtio_reset_device(); before, the transport's reset op. */
 static inline void vballoon_reset_device(struct virtio_device *vdev)
