@@ -250,6 +250,12 @@ struct vballoon {
 
 	/* Inflate and deflate buffers come back here. */
 	wait_queue_head_t acked;
+	/* Bumped by every ack interrupt: a waiter that saw it change looks. */
+	atomic_t acks;
+	/* The OOM notifier wants the lock: an inflate pass stops. */
+	atomic_t oom_waiting;
+	/* The host acked the one-page buffer of a migration. */
+	bool mig_acked;
 	struct vb_buf *bufs;
 	unsigned long free_bufs;	/* bitmap of @bufs not in flight */
 	unsigned int max_inflight;
@@ -313,6 +319,7 @@ static void vb_ack(struct virtqueue *vq)
 {
 	struct vballoon *vb = vq->vdev->priv;
 
+	atomic_inc(&vb->acks);
 	wake_up(&vb->acked);
 }
 
@@ -338,38 +345,92 @@ static void vb_release_pages(struct vballoon *vb, struct list_head *list)
 	}
 }
 
-/* Take back the buffers the host is done with. Caller holds vb->lock. */
-static void vb_reap(struct vballoon *vb, struct virtqueue *vq)
+/*
+ * Take back what the host is done with on @vq: inflate and deflate
+ * buffers (deflated pages waiting for MUST_TELL_HOST go to the guest),
+ * or a migration's one-page buffer. Caller holds vb->lock.
+ */
+static void vb_reap_vq(struct vballoon *vb, struct virtqueue *vq)
 {
-	struct vb_buf *buf;
 	unsigned int len;
+	struct vb_buf *buf;
+	void *token;
 
-	while ((buf = virtqueue_get_buf(vq, &len))) {
+	while ((token = virtqueue_get_buf(vq, &len))) {
+		if (token == vb->mig_pfns) {
+			vb->mig_acked = true;
+			continue;
+		}
+		buf = token;
 		vb_release_pages(vb, &buf->pages);
 		__set_bit(buf - vb->bufs, &vb->free_bufs);
 		WRITE_ONCE(vb->inflight, vb->inflight - 1);
 	}
 }
 
-static bool vb_reap_room(struct vballoon *vb, struct virtqueue *vq)
+/*
+ * Both queues, always: the buffers are one pool, and a deflate waiting
+ * for room must see the inflate buffers come back too.
+ */
+static bool vb_has_room(struct vballoon *vb)
 {
-	vb_reap(vb, vq);
+	vb_reap_vq(vb, vb->inflate_vq);
+	vb_reap_vq(vb, vb->deflate_vq);
 	return vb->inflight < vb->max_inflight;
 }
 
-static bool vb_reap_idle(struct vballoon *vb, struct virtqueue *vq)
+static bool vb_is_idle(struct vballoon *vb)
 {
-	vb_reap(vb, vq);
+	vb_has_room(vb);
 	return !vb->inflight;
 }
 
-/* A buffer not in flight, waiting for the host to return one if need be. */
-static struct vb_buf *vb_get_buf(struct vballoon *vb, struct virtqueue *vq)
+static bool vb_mig_done(struct vballoon *vb)
 {
-	struct vb_buf *buf;
+	vb_has_room(vb);
+	return vb->mig_acked;
+}
 
-	wait_event(vb->acked, vb_reap_room(vb, vq));
-	buf = &vb->bufs[__ffs(vb->free_bufs)];
+/*
+ * Wait with vb->lock held until @done(), which reaps the queues. The ack
+ * count is read before @done() looks, so an ack after it ends the sleep.
+ */
+static void vb_wait_locked(struct vballoon *vb, bool (*done)(struct vballoon *))
+{
+	int seen;
+
+	lockdep_assert_held(&vb->lock);
+	for (;;) {
+		seen = atomic_read(&vb->acks);
+		if (done(vb))
+			return;
+		wait_event(vb->acked, atomic_read(&vb->acks) != seen);
+	}
+}
+
+/*
+ * Take vb->lock once @done() holds, sleeping without it: the OOM notifier
+ * and migration get the lock while the host works on an inflate.
+ */
+static void vb_lock_when(struct vballoon *vb, bool (*done)(struct vballoon *))
+{
+	int seen;
+
+	for (;;) {
+		seen = atomic_read(&vb->acks);
+		mutex_lock(&vb->lock);
+		if (done(vb))
+			return;
+		mutex_unlock(&vb->lock);
+		wait_event(vb->acked, atomic_read(&vb->acks) != seen);
+	}
+}
+
+/* A buffer not in flight; there is room (vb_has_room()). Lock held. */
+static struct vb_buf *vb_take_buf(struct vballoon *vb)
+{
+	struct vb_buf *buf = &vb->bufs[__ffs(vb->free_bufs)];
+
 	__clear_bit(buf - vb->bufs, &vb->free_bufs);
 	buf->n = 0;
 	return buf;
@@ -396,21 +457,27 @@ static void vb_send(struct vballoon *vb, struct virtqueue *vq,
 	virtqueue_kick(vq);
 }
 
-/* Tell the host about one page, alone on the queue. Caller holds the lock. */
+/*
+ * Tell the host about one page and wait for its ack; inflate buffers may
+ * be in flight beside it. Caller holds the lock.
+ */
 static void vb_tell_one(struct vballoon *vb, struct virtqueue *vq,
 			struct page *page)
 {
 	struct scatterlist sg;
 	unsigned int n = 0;
-	unsigned int len;
 
+	/* max_inflight leaves a descriptor free, but not on a 1-entry ring. */
+	if (!vq->num_free)
+		vb_wait_locked(vb, vb_is_idle);
 	vb_put_pfns(vb, vb->mig_pfns, &n, page);
 	sg_init_one(&sg, vb->mig_pfns, sizeof(vb->mig_pfns));
+	vb->mig_acked = false;
 	if (WARN_ON_ONCE(virtqueue_add_outbuf(vq, &sg, 1, vb->mig_pfns,
 					      GFP_KERNEL)))
 		return;
 	virtqueue_kick(vq);
-	wait_event(vb->acked, virtqueue_get_buf(vq, &len));
+	vb_wait_locked(vb, vb_mig_done);
 }
 
 /* Guest pages the balloon holds. */
@@ -644,9 +711,14 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	u64 t0 = 0;
 	LIST_HEAD(list);
 
-	mutex_lock(&vb->lock);
+	/*
+	 * vb->lock is held only to queue each batch: allocation (reclaim)
+	 * and waiting for the host happen without it, and a pass stops when
+	 * the OOM notifier waits for it.
+	 */
 	while (done < pages &&
-	       (vb->nr_stash || time_before(jiffies, deadline))) {
+	       (vb->nr_stash || time_before(jiffies, deadline)) &&
+	       !atomic_read(&vb->oom_waiting)) {
 		want = min(pages - done, per_buf);
 		stock = 0;
 		if (!vb->nr_stash) {
@@ -669,7 +741,8 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 		}
 		if (!n)
 			break;
-		buf = vb_get_buf(vb, vb->inflate_vq);
+		vb_lock_when(vb, vb_has_room);
+		buf = vb_take_buf(vb);
 		list_for_each_entry(page, &list, lru)
 			vb_put_pfns(vb, buf->pfns, &buf->n, page);
 		if (vb->nr_stash)
@@ -679,6 +752,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 		done += n;
 		atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
 		vb_send(vb, vb->inflate_vq, buf);
+		mutex_unlock(&vb->lock);
 		trace_vballoon_inflate(n, order, t0 ? ktime_get_ns() - t0 : 0);
 		if (n < want)
 			break;
@@ -688,7 +762,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	vb->nr_stash = 0;
 	list_for_each_entry_safe(page, tmp, &list, lru)
 		__free_page(page);
-	wait_event(vb->acked, vb_reap_idle(vb, vb->inflate_vq));
+	vb_lock_when(vb, vb_is_idle);
 	vb_update_actual(vb);
 	mutex_unlock(&vb->lock);
 	return done * VB_UNITS_PER_PAGE;
@@ -714,7 +788,8 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 	while (done < pages && time_before(jiffies, deadline)) {
 		if (trace_vballoon_deflate_enabled())
 			t0 = ktime_get_ns();
-		buf = vb_get_buf(vb, vb->deflate_vq);
+		vb_wait_locked(vb, vb_has_room);
+		buf = vb_take_buf(vb);
 		n = vballoon_pages_dequeue(vb->pages, &buf->pages,
 					   min(pages - done, per_buf));
 		if (!n) {
@@ -727,7 +802,7 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 		done += n;
 		/*
 		 * With MUST_TELL_HOST the pages wait for the host's ack (see
-		 * vb_reap()); otherwise the guest has them back at once and
+		 * vb_reap_vq()); otherwise the guest has them back at once and
 		 * the host hears of it while the guest already uses them.
 		 */
 		if (!tell_first)
@@ -736,7 +811,7 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 		atomic64_add(n, &vb->cnt[VB_CNT_DEFLATED_PAGES]);
 		trace_vballoon_deflate(n, 0, t0 ? ktime_get_ns() - t0 : 0);
 	}
-	wait_event(vb->acked, vb_reap_idle(vb, vb->deflate_vq));
+	vb_wait_locked(vb, vb_is_idle);
 	if (done)
 		vb_update_actual(vb);
 	return done * VB_UNITS_PER_PAGE;
@@ -1024,6 +1099,7 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 	unsigned int units = ALIGN(READ_ONCE(oom_pages.val), VB_UNITS_PER_PAGE);
 	unsigned int done = 0, n;
 
+	atomic_inc(&vb->oom_waiting);
 	mutex_lock(&vb->lock);
 	/* Frozen or going away: the queues may be gone. */
 	while (done < units && !READ_ONCE(vb->stop_update)) {
@@ -1033,6 +1109,7 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 		done += n;
 	}
 	mutex_unlock(&vb->lock);
+	atomic_dec(&vb->oom_waiting);
 	atomic64_add(done / VB_UNITS_PER_PAGE, &vb->cnt[VB_CNT_OOM_DEFLATED_PAGES]);
 	trace_vballoon_oom_deflate(done / VB_UNITS_PER_PAGE);
 	*freed += done / VB_UNITS_PER_PAGE;
@@ -1259,8 +1336,8 @@ static int vb_hint_init(struct vballoon *vb)
 		return 0;
 	}
 
-	h->wq = alloc_workqueue("vballoon-hint", WQ_FREEZABLE | WQ_CPU_INTENSIVE,
-				0);
+	h->wq = alloc_workqueue("vballoon-hint", WQ_FREEZABLE | WQ_CPU_INTENSIVE |
+				VBALLOON_WQ_PERCPU, 0);
 	if (!h->wq)
 		return -ENOMEM;
 	h->shrinker = vballoon_shrinker_create(vb_hint_count, vb_hint_scan, vb,
@@ -1705,9 +1782,10 @@ static int vb_init_vqs(struct vballoon *vb)
 
 	vb->inflate_vq = vqs[VB_VQ_INFLATE];
 	vb->deflate_vq = vqs[VB_VQ_DEFLATE];
-	vb->max_inflight = min3(VB_BUFS,
-				virtqueue_get_vring_size(vb->inflate_vq),
-				virtqueue_get_vring_size(vb->deflate_vq));
+	/* One descriptor stays free for a migration's one-page buffer. */
+	vb->max_inflight = clamp(min(virtqueue_get_vring_size(vb->inflate_vq),
+				     virtqueue_get_vring_size(vb->deflate_vq)) - 1,
+				 1U, (unsigned int)VB_BUFS);
 	vb->hint.vq = vqs[VB_VQ_HINT];
 	vb->reporting_vq = vqs[VB_VQ_REPORTING];
 	vb->stats_vq = NULL;
@@ -2079,7 +2157,8 @@ static int __init vb_init(void)
 	pr_info("version %s, balloon pages migrate through the %s\n",
 		VBALLOON_VERSION, vballoon_pages_scheme());
 	vballoon_compat_report();
-	vb_wq = alloc_workqueue(KBUILD_MODNAME, WQ_FREEZABLE | WQ_MEM_RECLAIM, 0);
+	vb_wq = alloc_workqueue(KBUILD_MODNAME, WQ_FREEZABLE | WQ_MEM_RECLAIM |
+				VBALLOON_WQ_PERCPU, 0);
 	if (!vb_wq)
 		return -ENOMEM;
 	vb_debugfs_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
