@@ -1253,6 +1253,12 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 					   msecs_to_jiffies(10));
 			continue;
 		}
+		/*
+		 * A round takes hundreds of blocks, each zeroed where
+		 * init_on_alloc is on: without preemption (5.10) that held
+		 * the CPU until RCU reported a stall.
+		 */
+		cond_resched();
 		page = alloc_pages(VB_HINT_GFP, VB_HINT_ORDER);
 		if (!page)
 			return 0;
