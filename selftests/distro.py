@@ -19,11 +19,22 @@ Last, vballoon is taken out of the kernel's tree as DKMS leaves a kernel it
 did not build for: udev must bind virtio_balloon, the balloon must follow
 QMP, and the kernel log must say why.
 
+With --upgrade (DISTRO_UPGRADE=1; --upgrade-only for this part alone): a
+Debian 13 guest (debootstrap trixie with its 6.12 kernel, headers and dkms,
+the package installed in a chroot of it, cached in build/distro/) boots its
+own kernel and initramfs, then apt installs trixie-backports' 7.x kernel and
+headers from a local repository in the image, offline: DKMS must build
+vballoon in the kernel's postinst, and the 7.x boot must bind vballoon.
+Then the cloud flavour of that kernel, installed without headers, must boot
+with virtio_balloon and the install rule's line naming it.
+
 Output is TAP; the last line is "N passed, N failed".  See
 selftests/README.md and Documentation/installation.rst.
 """
 import argparse
+import dataclasses
 import fcntl
+import hashlib
 import os
 import re
 import shlex
@@ -41,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vbtest import initramfs, tap  # noqa: E402
 from vbtest.guest import GuestDead, GuestError  # noqa: E402
 from vbtest.qmp import QMPError  # noqa: E402
-from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
+from vbtest.platform import VB_CACHE, X86_64  # noqa: E402
+from vbtest.vm import VM, VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "distro"
@@ -740,6 +752,382 @@ class DistroGuest:
         self.console_clean()
 
 
+# -- the upgrade: a Debian 13 guest moves to trixie-backports' kernel -----------
+# The guest boots its own kernels and initramfs (initramfs-tools), read out of
+# its disk image: what the kernel packages and DKMS's hooks wrote there is
+# what boots, as on a real machine.
+UP_SUITE = "trixie"
+UP_BACKPORTS = "trixie-backports"
+UP_DEBOOTSTRAP = ["--variant=minbase", "--include=kmod,udev"]
+# dkms pulls no compiler itself: the headers package pulls its own gcc.
+UP_PACKAGES = ["linux-image-amd64", "linux-headers-amd64", "dkms"]
+UP_REPO = "/srv/repo"
+# Written into the image after the chroot's work, for the guest's. Under
+# TCG, dpkg's fsync of every file doubled the kernels' unpacking, and
+# initramfs-tools' default MODULES=most spent minutes copying and
+# compressing drivers no VM has: these are the settings of a lean VM.
+UP_CONFIG = {
+    "etc/dpkg/dpkg.cfg.d/unsafe-io": "force-unsafe-io\n",
+    "etc/initramfs-tools/conf.d/modules-dep": "MODULES=dep\n",
+}
+# TCG runs apt, DKMS's build and update-initramfs several times slower
+# than the host: generous timeouts, the steps report the times they took.
+UP_APT_TIMEOUT = 1800
+
+
+def in_chroot(root, cmd, log, ok=(0,)):
+    """Run the shell command cmd in the chroot root, with /proc (objtool,
+    DKMS) in a private mount namespace: the mount goes with the process."""
+    script = ('mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/env -i '
+              'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 '
+              'DEBIAN_FRONTEND=noninteractive /bin/sh -ec "$2"')
+    return sh(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+               "sh", root, cmd], log=log, ok=ok)
+
+
+def cached_abi():
+    """The trixie-backports kernel ABI scripts/kernels.sh set up last, if any."""
+    f = VB_CACHE / "chroot" / "trixie.kver"
+    return f.read_text().strip() if f.exists() else None
+
+
+def ensure_trixie_rootfs(note, mirror):
+    """build/distro/rootfs-trixie.tar: debootstrap trixie with its 6.12 kernel,
+    headers and dkms, and in /srv/repo the trixie-backports kernel (image and
+    headers) plus its cloud flavour (no headers), with everything they pull
+    that is not installed. apt's only source is then that repository.
+
+    Made once, and again when scripts/kernels.sh has followed the archive to
+    another 7.x ABI, so the test needs the network only when the archive moved.
+    """
+    tar = BUILD / f"rootfs-{UP_SUITE}.tar"
+    stamp = BUILD / f"rootfs-{UP_SUITE}.how"
+    how = " ".join(UP_DEBOOTSTRAP + [UP_SUITE, "+"] + UP_PACKAGES +
+                   [f"+ {UP_BACKPORTS} repo"])
+    if tar.exists() and stamp.exists():
+        lines = stamp.read_text().splitlines()
+        if lines[:1] == [how] and len(lines) == 3 and \
+                cached_abi() in (None, lines[1].split()[0]):
+            abi, cloud = lines[1].split()
+            note(f"cached {tar.relative_to(REPO)} ({lines[2]}; repo: {abi}, {cloud})")
+            return tar, stamp, abi, cloud, lines[2]
+    mirror = mirror or apt_mirror("bookworm")
+    log = BUILD / f"rootfs-{UP_SUITE}.log"
+    log.write_text("")
+    tmp = BUILD / f"rootfs-{UP_SUITE}.tmp"
+    umount_under(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.monotonic()
+    sh(["debootstrap", *UP_DEBOOTSTRAP, UP_SUITE, tmp, mirror], log=log)
+    t1 = time.monotonic()
+    (tmp / "etc/apt/sources.list").write_text(
+        f"deb {mirror} {UP_SUITE} main\ndeb {mirror} {UP_BACKPORTS} main\n")
+    for f in (tmp / "etc/apt/sources.list.d").glob("*"):
+        f.unlink()
+    # What a small VM has: no recommends, no translations. No daemon may
+    # start in the chroot.
+    (tmp / "etc/apt/apt.conf.d/90vballoon").write_text(
+        'APT::Install-Recommends "false";\nAcquire::Languages "none";\n')
+    (tmp / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
+    os.chmod(tmp / "usr/sbin/policy-rc.d", 0o755)
+    in_chroot(tmp, "apt-get update -q && apt-get install -y -q " + " ".join(UP_PACKAGES),
+              log)
+    t2 = time.monotonic()
+    # The ABIs trixie-backports' metapackages point at today.
+    abis = []
+    for meta in ("linux-headers-amd64", "linux-image-cloud-amd64"):
+        dep = in_chroot(tmp, f"apt-cache -t {UP_BACKPORTS} show --no-all-versions {meta}"
+                        " | sed -n 's/^Depends: //p'", log)
+        m = re.search(r"linux-(?:headers|image)-(\d[^ ,]*)", dep)
+        check(m, f"{UP_BACKPORTS}'s {meta} depends on no kernel: {dep!r}")
+        abis.append(m.group(1))
+    abi, cloud = abis
+    check(not abi.startswith("6.12"), f"{UP_BACKPORTS} has no newer kernel than 6.12: {abi}")
+    in_chroot(tmp, f"mkdir -p {UP_REPO} && apt-get install -y -q --download-only -t {UP_BACKPORTS} "
+              f"-o Dir::Cache::Archives={UP_REPO} linux-image-{abi} linux-headers-{abi} "
+              f"linux-image-{cloud} && rm -rf {UP_REPO}/partial {UP_REPO}/lock && "
+              f"cd {UP_REPO} && dpkg-scanpackages -m . /dev/null >Packages 2>/dev/null", log)
+    debs = sorted(p.name for p in (tmp / UP_REPO.lstrip("/")).glob("*.deb"))
+    check(any(d.startswith(f"linux-modules-{abi}_") for d in debs),
+          f"{UP_REPO} lacks linux-modules-{abi}: {debs}")
+    # Offline from here on: the local repository is apt's only source.
+    (tmp / "etc/apt/sources.list").write_text(f"deb [trusted=yes] file:{UP_REPO} ./\n")
+    in_chroot(tmp, "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin "
+              "/var/cache/apt/archives/*.deb && apt-get update -q", log)
+    (tmp / "usr/sbin/policy-rc.d").unlink()
+    sh(["tar", "--numeric-owner", "-C", tmp, "-cf", f"{tar}.tmp", "."])
+    os.replace(f"{tar}.tmp", tar)
+    kver0 = next(p.name for p in (tmp / "usr/lib/modules").iterdir()
+                 if (p / "modules.dep").exists())
+    stamp.write_text(f"{how}\n{abi} {cloud}\n{kver0}\n")
+    shutil.rmtree(tmp)
+    note(f"debootstrap {UP_SUITE} {mirror}: {t1 - t0:.0f} s; {' '.join(UP_PACKAGES)}: "
+         f"{t2 - t1:.0f} s ({kver0}); {UP_REPO}: {len(debs)} packages for {abi} and "
+         f"{cloud}: {time.monotonic() - t2:.0f} s; {tar.stat().st_size >> 20} MiB")
+    return tar, stamp, abi, cloud, kver0
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_upgrade_image(note, rootfs, deb, agent):
+    """build/distro/upgrade-KEY.img: the trixie root file system with the
+    package installed, DKMS having built vballoon for 6.12 in a chroot as it
+    would on the guest (the guest's own TCG time goes to the upgrade). KEY
+    hashes everything that goes in; only the newest image is kept."""
+    tar, stamp = rootfs[:2]
+    st = tar.stat()
+    key = hashlib.sha256("\0".join(
+        [stamp.read_text(), f"{st.st_size} {st.st_mtime_ns}", sha256(deb), sha256(agent),
+         (HERE / "rootfs-init.sh").read_text(), repr(sorted(UP_CONFIG.items()))]
+    ).encode()).hexdigest()[:16]
+    image = BUILD / f"upgrade-{key}.img"
+    if image.exists():
+        note(f"cached {image.relative_to(REPO)}")
+        return image
+    t0 = time.monotonic()
+    log = BUILD / "upgrade-image.log"
+    log.write_text("")
+    root = BUILD / "upgrade-root.tmp"
+    umount_under(root)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    try:
+        sh(["tar", "--numeric-owner", "-C", root, "-xf", tar])
+        shutil.copy2(deb, root / "tmp" / deb.name)
+        out = in_chroot(root, f"apt-get install -y -q /tmp/{deb.name} && "
+                        f"rm /tmp/{deb.name} && dkms status vballoon", log)
+        note("in the chroot: " + "; ".join(l for l in out.splitlines()
+                                           if l.startswith("vballoon/")))
+        check(re.search(r"^vballoon/\S+, 6\.12\.\S+, x86_64: installed", out, re.M),
+              f"DKMS did not install vballoon for 6.12 in the chroot:\n{out}")
+        for path, text in UP_CONFIG.items():
+            (root / path).write_text(text)
+        shutil.copy2(agent, root / "usr/local/sbin/vb-agent")
+        shutil.copy2(HERE / "rootfs-init.sh", root / "usr/sbin/vb-init")
+        os.chmod(root / "usr/sbin/vb-init", 0o755)
+        (root / "etc/hostname").write_text("vballoon-upgrade\n")
+        used = int(sh(["du", "-sxm", root]).split()[0])
+        # Room for the two kernels, DKMS's build and initramfs-tools.
+        tmp = image.with_suffix(".tmp")
+        sh(["mkfs.ext4", "-q", "-F", "-L", "vbroot", "-d", root, tmp,
+            f"{used + 2048}M"], log=log)
+        for old in BUILD.glob("upgrade-*.img"):
+            old.unlink()
+        os.replace(tmp, image)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    note(f"{image.name}: {used} MiB of files, built in {time.monotonic() - t0:.1f} s")
+    return image
+
+
+def debugfs_dump(image, path, out):
+    """Copy the file path out of the ext4 image (no mount, no loop device)."""
+    sh(["debugfs", "-R", f"dump {path} {out}", image])
+    check(out.exists() and out.stat().st_size > 0, f"no {path} in {image.name}")
+    return out
+
+
+class ImageVM(VM):
+    """A guest booting a kernel read out of its own disk image."""
+
+    def __init__(self, kver, boot_root, initrd, config, workdir, accel):
+        super().__init__(kver, initrd, config, workdir, accel)
+        self.plat = dataclasses.replace(X86_64, root=boot_root)
+
+
+class UpgradeGuest(DistroGuest):
+    """The Debian 13 guest: booted on 6.12, upgraded to trixie-backports'
+    kernel by apt from its local repository, then given a kernel without
+    headers. One guest, one boot at a time."""
+
+    def __init__(self, run, image, accel, kver0, abi, cloud):
+        self.run, self.accel = run, accel
+        self.kver, self.abi, self.cloud = kver0, abi, cloud
+        self.dir = run / "upgrade"
+        self.dir.mkdir()
+        self.disk = self.dir / "disk.img"
+        # A raw copy (sparse): debugfs reads the kernels out of it.
+        sh(["cp", "--sparse=always", image, self.disk])
+        self.config = VMConfig.make(
+            mem=GUEST_MIB, smp=2, cmdline="root=/dev/vda rw init=/usr/sbin/vb-init",
+            qemu_args=["-drive", f"file={self.disk},if=virtio,format=raw"])
+        self.vm = None
+        self.boots = 0
+        self.full = GUEST_MIB * MiB
+        self.memtotal0 = None
+        self.paths = {kver0: (f"/boot/vmlinuz-{kver0}", f"/boot/initrd.img-{kver0}")}
+
+    def boot(self, note, kver=None):
+        """Boot kver (default: the last booted) from the disk's own files."""
+        self.stop()
+        self.kver = kver or self.kver
+        check(self.kver in self.paths, f"{self.kver} is not installed in the guest")
+        self.boots += 1
+        t0 = time.monotonic()
+        kroot = self.dir / f"boot{self.boots}-kernel"
+        (kroot / "boot").mkdir(parents=True)
+        vmlinuz, initrd = self.paths[self.kver]
+        debugfs_dump(self.disk, vmlinuz, kroot / "boot" / f"vmlinuz-{self.kver}")
+        initrd = debugfs_dump(self.disk, initrd, kroot / "initrd.img")
+        vm = None
+        for attempt in (1, 2):      # TCG occasionally oopses in early boot
+            vm = ImageVM(self.kver, kroot, initrd, self.config,
+                         self.dir / f"boot{self.boots}-a{attempt}", self.accel)
+            if vm.start(timeout=240):
+                break
+            vm.stop()
+            last, vm = vm, None
+        if vm is None:
+            raise Fail(f"boot {self.boots} of {self.kver} did not reach the agent; "
+                       f"console (in {last.workdir}):\n" + "\n".join(last.console.tail(TAIL)))
+        self.vm = vm
+        uname = vm.guest.check("uname -r").strip()
+        check(uname == self.kver, f"booted {uname}, not {self.kver}")
+        coldplug = re.findall(r"init: .* coldplugged in .*", vm.console.text())
+        note(f"boot {self.boots} ({self.kver}): agent after {time.monotonic() - t0:.1f} s; "
+             + (coldplug[-1] if coldplug else ""))
+        return vm
+
+    def shutdown(self):
+        """Flush the guest's writes before QEMU quits."""
+        if self.vm is not None and self.vm.alive():
+            self.vm.guest.check("sync", timeout=120)
+        self.stop()
+
+    def dkms_status(self, note):
+        out = self.vm.guest.check("dkms status vballoon", timeout=120)
+        lines = [l for l in out.splitlines() if l.startswith("vballoon/")]
+        note(f"dkms status: {lines}")
+        return lines
+
+    def bound(self, note, want):
+        """The balloon device is bound to want, the only balloon driver
+        registered and loaded; the install rule logged why."""
+        g = self.vm.guest
+        mods, dev, drv = self.balloon_state()
+        drivers = g.check("ls /sys/bus/virtio/drivers").split()
+        log = self.kernel_log()
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; /sys/bus/virtio/drivers: {drivers}; "
+             f"kernel log: {log}")
+        other = {"vballoon": "virtio_balloon", "virtio_balloon": "vballoon"}[want]
+        check(mods == [want] and drv == want,
+              f"udev did not bind {want}: loaded {mods}, {dev}/driver -> {drv}")
+        check(want in drivers and other not in drivers,
+              f"/sys/bus/virtio/drivers has {drivers}")
+        line = LOG_VBALLOON if want == "vballoon" else LOG_MISSING.format(kver=self.kver)
+        check(log == [line], f"the kernel log has {log}, want [{line!r}]")
+
+    def follows(self, note):
+        """The balloon follows a QMP target: actual and the guest's MemTotal."""
+        vm = self.require_vm()
+        actual = vm.qmp.query_balloon()
+        check(actual == self.full, f"query-balloon actual {actual}, want {self.full}")
+        memtotal0 = vm.guest.meminfo()["MemTotal"]
+        target = self.full - INFLATE_MIB * MiB
+        t0 = time.monotonic()
+        vm.qmp.balloon(target)
+        vm.qmp.wait_actual(target, timeout=120)
+        memtotal = vm.guest.meminfo()["MemTotal"]
+        note(f"balloon {target >> 20} MiB: actual reached in {time.monotonic() - t0:.1f} s; "
+             f"MemTotal {memtotal0} -> {memtotal} kB")
+        drop = memtotal0 - memtotal
+        check(abs(drop - INFLATE_MIB * 1024) <= 4096,
+              f"guest MemTotal dropped by {drop} kB, want {INFLATE_MIB * 1024} kB")
+        self.console_clean()
+
+    def apt_install(self, note, pkgs):
+        """apt-get install pkgs in the guest, from the local repository only;
+        records where the new kernel's image and initramfs are."""
+        g = self.require_vm().guest
+        t0 = time.monotonic()
+        rc, out = g.run(f"apt-get install -y --no-install-recommends {' '.join(pkgs)} "
+                        "</dev/null 2>&1", timeout=UP_APT_TIMEOUT)
+        (self.dir / f"apt-{pkgs[0]}.log").write_text(out)
+        secs = time.monotonic() - t0
+        check(rc == 0, f"apt-get install {' '.join(pkgs)}: exit {rc}\n" +
+              "\n".join(out.splitlines()[-TAIL:]))
+        gets = [l for l in out.splitlines() if re.match(r"^(Get|Hit|Ign):", l)]
+        check(all(f"file:{UP_REPO}" in l for l in gets),
+              f"apt fetched from elsewhere than file:{UP_REPO}:\n" + "\n".join(gets))
+        new = re.findall(r"^Unpacking (\S+) ", out, re.M)
+        note(f"apt-get install {' '.join(pkgs)}: {secs:.0f} s; {len(new)} packages "
+             f"unpacked: {' '.join(new)}")
+        return out
+
+    def locate(self, kver):
+        """The new kernel's image and initramfs, as its packages left them."""
+        g = self.vm.guest
+        found = []
+        for cands in ((f"/boot/vmlinuz-{kver}", f"/usr/lib/modules/{kver}/vmlinuz"),
+                      (f"/boot/initrd.img-{kver}",)):
+            rc, out = g.run("for f in " + " ".join(cands) + "; do "
+                            "[ -f \"$f\" ] && readlink -f \"$f\" && break; done")
+            check(out.strip(), f"none of {cands} in the guest")
+            found.append(out.strip().splitlines()[0])
+        self.paths[kver] = tuple(found)
+        return found
+
+    # -- steps --------------------------------------------------------------
+    def step_612(self, note):
+        self.boot(note)
+        self.bound(note, "vballoon")
+        lines = self.dkms_status(note)
+        check(any(re.match(rf"vballoon/\S+, {re.escape(self.kver)}, \S+: installed", l)
+                  for l in lines), f"dkms status: {lines}")
+        check(not any(self.abi in l for l in lines), f"dkms status before the upgrade: {lines}")
+        self.follows(note)
+
+    def step_upgrade(self, note):
+        out = self.apt_install(note, [f"linux-image-{self.abi}", f"linux-headers-{self.abi}"])
+        # The kernel's postinst hook ran DKMS, in this apt run.
+        dkms = [l.strip() for l in out.splitlines()
+                if re.search(r"dkms:|vballoon|Building module|Installing /", l)]
+        note("apt output, DKMS: " + " | ".join(dkms[:12]))
+        check(re.search(r"^/etc/kernel/postinst\.d/dkms:$", out, re.M) and
+              re.search(rf"^Autoinstall on {re.escape(self.abi)} succeeded for "
+                        r"module\(s\) vballoon\.$", out, re.M),
+              f"apt's output shows no DKMS build of vballoon for {self.abi}:\n" +
+              "\n".join(out.splitlines()[-TAIL:]))
+        lines = self.dkms_status(note)
+        check(any(re.match(rf"vballoon/\S+, {re.escape(self.abi)}, \S+: installed", l)
+                  for l in lines), f"dkms status has vballoon not installed for "
+              f"{self.abi}: {lines}")
+        path = self.vm.guest.check(f"modinfo -k {self.abi} -F filename vballoon").strip()
+        note(f"modinfo -k {self.abi}: {path}")
+        check(re.fullmatch(rf"/(usr/)?lib/modules/{re.escape(self.abi)}/updates/dkms/"
+                           r"vballoon\.ko(\.xz|\.zst|\.gz)?", path),
+              f"modinfo -k {self.abi} vballoon: {path}, not the DKMS module")
+        note(f"boot files: {self.locate(self.abi)}")
+        self.shutdown()
+
+    def step_new_kernel(self, note):
+        self.boot(note, self.abi)
+        self.bound(note, "vballoon")
+        self.follows(note)
+
+    def step_no_headers(self, note):
+        self.require_vm()
+        out = self.apt_install(note, [f"linux-image-{self.cloud}"])
+        hook = [l.strip() for l in out.splitlines() if re.search(r"dkms|header", l, re.I)]
+        note("apt output, DKMS: " + " | ".join(hook[:8]))
+        lines = self.dkms_status(note)
+        check(not any(self.cloud in l for l in lines),
+              f"dkms status has a line for {self.cloud}: {lines}")
+        rc, out = self.vm.guest.run(f"modinfo -k {self.cloud} -F filename vballoon")
+        check(rc != 0, f"{self.cloud} has a vballoon: {out}")
+        note(f"boot files: {self.locate(self.cloud)}")
+        self.shutdown()
+        self.boot(note, self.cloud)
+        self.bound(note, "virtio_balloon")
+        self.follows(note)
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -754,6 +1142,12 @@ def parse_args():
     p.add_argument("--mirror", help="Debian mirror for debootstrap (default: from "
                                     "/etc/apt/sources.list*)")
     p.add_argument("--accel", choices=["kvm", "tcg"], help="skip the KVM probe")
+    p.add_argument("--upgrade", action="store_true",
+                   default=os.environ.get("DISTRO_UPGRADE") == "1",
+                   help="also the Debian 13 guest upgraded to trixie-backports' kernel "
+                        "(default with DISTRO_UPGRADE=1 in the environment)")
+    p.add_argument("--upgrade-only", action="store_true",
+                   help="only the package build and the Debian 13 upgrade guest")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every step's notes and timing")
@@ -818,7 +1212,63 @@ def main():
         note(f"accel {accel}")
         return image, accel
 
-    slots = threading.Semaphore(max(1, args.jobs))
+    # The upgrade guest uses the KVM probe's answer when the Debian 12
+    # guests' preparation makes one (it needs the host's module).
+    accel_box = {"accel": args.accel}
+    accel_known = threading.Event()
+    if args.accel or args.upgrade_only:
+        accel_known.set()
+
+    def prepare_and_probe(note):
+        try:
+            image, accel_box["accel"] = prepare(note)
+            return image, accel_box["accel"]
+        finally:
+            accel_known.set()
+
+    # The upgrade guest is the long pole (about as long as all the Debian 12
+    # guests together): it keeps one of the --jobs slots to itself, and the
+    # Debian 12 guests take turns in the others.
+    upgrading = (args.upgrade or args.upgrade_only) and not args.no_boot
+    slots = threading.Semaphore(max(1, args.jobs - upgrading))
+
+    def prepare_upgrade(note):
+        check(pkg.deb.exists(), "no package was built (distro/deb-build failed)")
+        rootfs = ensure_trixie_rootfs(note, args.mirror)
+        progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
+        image = ensure_upgrade_image(note, rootfs, pkg.deb, progs["agent"])
+        return image, rootfs[2:]
+
+    def upgrade_side():
+        """The Debian 13 guest: prepared beside the rest, then booted one
+        kernel at a time in its own slot."""
+        prepared = tap.step("distro/upgrade/image", prepare_upgrade)
+        accel_known.wait()
+        steps = [("{k0}/udev-autoload", "step_612"),
+                 ("apt-install-{abi}", "step_upgrade"),
+                 ("{abi}/udev-autoload", "step_new_kernel"),
+                 ("apt-install-{cloud}", "step_no_headers")]
+        guest = None
+        if prepared:
+            image, (abi, cloud, kver0) = prepared
+            names = dict(k0=kver0, abi=abi, cloud=cloud)
+            try:
+                guest = UpgradeGuest(run, image, accel_box["accel"] or "tcg",
+                                     kver0, abi, cloud)
+                guests.append(guest)
+            except Exception as e:
+                tap.diag(f"upgrade: cannot set up the guest: {e}")
+        try:
+            for name, meth in steps:
+                if guest is None:
+                    tap.step(f"distro/upgrade/{name.split('/')[-1]}", lambda note: check(
+                        False, "no guest to run in (see distro/upgrade/image)"))
+                else:
+                    tap.step(f"distro/upgrade/{name.format(**names)}",
+                             getattr(guest, meth))
+        finally:
+            if guest:
+                guest.stop()
 
     def one_kernel(kver, prepared):
         with slots:
@@ -857,16 +1307,26 @@ def main():
     # The package is built and installed first: the guests boot its modules.
     # Then two things at a time, one per CPU: the machine's side (purge, make
     # install) beside the guest image, then the kernels' guests side by side.
+    # The upgrade's chain starts once the package exists and runs beside
+    # all of that.
+    upgrade = None
     try:
         tap.step("distro/deb-build", pkg.build)
-        tap.step("distro/lintian", pkg.lintian)
-        tap.step("distro/deb-install", pkg.install)
-        prepared = []
-        if args.no_boot:
-            host_side()
-        else:
-            parallel(host_side, lambda: prepared.append(tap.step("distro/rootfs", prepare)))
-            parallel(*[lambda k=k: one_kernel(k, prepared[0]) for k in kernels])
+        if upgrading:
+            upgrade = threading.Thread(target=upgrade_side, daemon=True)
+            upgrade.start()
+        if not args.upgrade_only:
+            tap.step("distro/lintian", pkg.lintian)
+            tap.step("distro/deb-install", pkg.install)
+            prepared = []
+            if args.no_boot:
+                host_side()
+            else:
+                parallel(host_side, lambda: prepared.append(
+                    tap.step("distro/rootfs", prepare_and_probe)))
+                parallel(*[lambda k=k: one_kernel(k, prepared[0]) for k in kernels])
+        while upgrade is not None and upgrade.is_alive():
+            upgrade.join(0.5)
     except KeyboardInterrupt:
         print("# interrupted", flush=True)
         for g in list(guests):
