@@ -54,7 +54,7 @@ def case_compaction(t):
          "balloon_deflate delta")
 
 
-@case(timeout=600, arches=ALL_ARCHES, core=True)
+@case(timeout=600, arches=ALL_ARCHES)
 def case_integrity(t):
     """A pattern over most of the guest's free memory, and checksummed tmpfs
     files, stay intact through inflate, compaction and deflate cycles."""
