@@ -86,6 +86,16 @@ build() {
 	else
 		make -s -C "$kdir" M="$bdir" W=1 C=2 "$@" modules
 	fi 2>&1 | grep -v "^Skipping BTF generation" > "$out/build-$kver.log"
+	# Debian's 7.x headers leave out scripts/checker-valid.sh, and the
+	# sparse of trixie and sid cannot parse their __typeof_unqual__
+	# anyway: kbuild turns C=2 off there, which is said, not a finding.
+	if grep -q "C=2 specified, but .* not available or not up to date" \
+		"$out/build-$kver.log"; then
+		grep -v "checker-valid.sh: No such file\|C=2 specified, but" \
+			"$out/build-$kver.log" > "$out/build-$kver.tmp"
+		mv "$out/build-$kver.tmp" "$out/build-$kver.log"
+		echo "note: $kver: W=1 only; kbuild finds no sparse that parses its headers"
+	fi
 	say "build-$kver"
 }
 
