@@ -1048,6 +1048,8 @@ class UpgradeGuest(DistroGuest):
         t0 = time.monotonic()
         rc, out = g.run(f"apt-get install -y --no-install-recommends {' '.join(pkgs)} "
                         "</dev/null 2>&1", timeout=UP_APT_TIMEOUT)
+        # The agent passes the terminal's CRLF line ends through.
+        out = re.sub(r"\r\n?", "\n", out)
         (self.dir / f"apt-{pkgs[0]}.log").write_text(out)
         secs = time.monotonic() - t0
         check(rc == 0, f"apt-get install {' '.join(pkgs)}: exit {rc}\n" +
