@@ -74,13 +74,11 @@ def case_hint_migration(t):
     # with 4 KiB pages, 32 MiB with 16 KiB pages, where less of a guest's
     # free memory makes whole blocks (arm64-16k: 182-244 MiB of 730 sent,
     # the in-tree virtio_balloon 244 of 731, so 60% less is asked there).
+    # The saving falls with the host's load, with either driver: the
+    # guest's hint round then races QEMU's first pass (Documentation/
+    # kernels.rst). make check runs alone; with other guests beside it,
+    # expect this check to fail now and then.
     share = HINT_SENT_SHARE.get(t.page, 0.3)
-    # 5.10 and 7.x guests (4 KiB pages) have saved 32-70% under TCG,
-    # depending on the host's load (7.3: 243, 294 and 466 MiB of ~765 in
-    # three runs; the in-tree virtio_balloon 524), against 70% or more on
-    # 6.x. Not explained yet (Documentation/kernels.rst): ask 35% there.
-    if not t.kver.startswith("6.") and t.page == 4096:
-        share = 0.65
     t.check(hinted["transferred"] <= share * sent,
             f"hinting sent {hinted['transferred'] // MiB} MiB, without "
             f"{sent // MiB} MiB: want at least {100 - int(share * 100)}% less")
