@@ -14,7 +14,10 @@ REPORT = {"free-page-reporting": "on"}
 HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
 # The most a hinted migration may send, as a share of the same guest's
 # migration without hints, by guest page size (see case_hint_migration).
-HINT_SENT_SHARE = {4096: 0.3, 16384: 0.4}
+# 4 KiB: what is sent is mostly the guest's own use, larger on 7.x (alone
+# on the host: 7.2 0.29, 7.3 0.25-0.28, in-tree driver on 7.3 0.29; 5.10
+# 0.21), so 0.35 leaves a margin that 0.3 did not.
+HINT_SENT_SHARE = {4096: 0.35, 16384: 0.4}
 
 
 def dirty_and_free(g, mib):
@@ -28,7 +31,7 @@ def dirty_and_free(g, mib):
 @case(timeout=600, fresh=True, arches=ALL_ARCHES, **HINT, core=True)
 def case_hint_migration(t):
     """Migrating with free page hinting skips the guest's free memory: the
-    RAM sent shrinks by at least 70% (60% with 16 KiB pages) against the
+    RAM sent shrinks by at least 65% (60% with 16 KiB pages) against the
     same guest without hints;
     the migrated guest resumes with its data intact and a working balloon."""
     dev = t.load_driver()
