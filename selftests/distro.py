@@ -1260,14 +1260,20 @@ def main():
                 guests.append(guest)
             except Exception as e:
                 tap.diag(f"upgrade: cannot set up the guest: {e}")
+        labels = [name.format(**names) if guest else name.split("/")[-1]
+                  for name, _ in steps]
+        run_steps("distro/upgrade", guest, zip(labels, (m for _, m in steps)),
+                  "no guest to run in (see distro/upgrade/image)")
+
+    def run_steps(prefix, guest, steps, missing):
+        """TAP step per (label, method of guest); each fails with missing
+        when there is no guest. Stops the guest at the end."""
         try:
-            for name, meth in steps:
+            for label, meth in steps:
                 if guest is None:
-                    tap.step(f"distro/upgrade/{name.split('/')[-1]}", lambda note: check(
-                        False, "no guest to run in (see distro/upgrade/image)"))
+                    tap.step(f"{prefix}/{label}", lambda note: check(False, missing))
                 else:
-                    tap.step(f"distro/upgrade/{name.format(**names)}",
-                             getattr(guest, meth))
+                    tap.step(f"{prefix}/{label}", getattr(guest, meth))
         finally:
             if guest:
                 guest.stop()
@@ -1287,16 +1293,8 @@ def main():
                 guests.append(guest)
             except Exception as e:
                 tap.diag(f"{kver}: cannot set up the guest: {e}")
-        try:
-            for name, meth in steps:
-                if guest is None:
-                    tap.step(f"distro/{kver}/{name}", lambda note: check(
-                        False, "no guest to run in (see distro/rootfs)"))
-                else:
-                    tap.step(f"distro/{kver}/{name}", getattr(guest, meth))
-        finally:
-            if guest:
-                guest.stop()
+        run_steps(f"distro/{kver}", guest, steps,
+                  "no guest to run in (see distro/rootfs)")
 
     def parallel(*fns):
         threads = [threading.Thread(target=fn, daemon=True) for fn in fns]
