@@ -14,9 +14,8 @@ REPORT = {"free-page-reporting": "on"}
 HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
 # The most a hinted migration may send, as a share of the same guest's
 # migration without hints, by guest page size (see case_hint_migration).
-# 4 KiB: what is sent is mostly the guest's own use, larger on 7.x (alone
-# on the host: 7.2 0.29, 7.3 0.25-0.28, in-tree driver on 7.3 0.29; 5.10
-# 0.21), so 0.35 leaves a margin that 0.3 did not.
+# With 4 KiB pages what is still sent is mostly the guest's own use, which
+# 7.x kernels make larger (Documentation/kernels.rst).
 HINT_SENT_SHARE = {4096: 0.35, 16384: 0.4}
 
 
@@ -77,10 +76,8 @@ def case_hint_migration(t):
     # with 4 KiB pages, 32 MiB with 16 KiB pages, where less of a guest's
     # free memory makes whole blocks (arm64-16k: 182-244 MiB of 730 sent,
     # the in-tree virtio_balloon 244 of 731, so 60% less is asked there).
-    # The saving falls with the host's load, with either driver: the
-    # guest's hint round then races QEMU's first pass (Documentation/
-    # kernels.rst). make check runs alone; with other guests beside it,
-    # expect this check to fail now and then.
+    # The saving falls with the host's load, with either driver: the hint
+    # round then loses the race with QEMU's first pass (kernels.rst).
     share = HINT_SENT_SHARE.get(t.page, 0.3)
     t.check(hinted["transferred"] <= share * sent,
             f"hinting sent {hinted['transferred'] // MiB} MiB, without "

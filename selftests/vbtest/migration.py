@@ -77,9 +77,8 @@ def resume_retrying(t, img, remigrate, resume):
     with vballoon; once (check-debug, 2026-11-30) after a plain migration
     of a full balloon. A resumed guest whose console shows a crash, or that
     hangs with a silent one, gets a new image (remigrate(path) migrates the
-    source again) and a new QEMU, up to 5 in all (CI of 2809980: 3 of 3
-    resumes of 7.3's hinted image crashed in the idle path, while 5.10's
-    and 7.2's resumed at once and 7.3's migrate_full). Not retried: any failure
+    source again) and a new QEMU, up to 5 in all (three in a row crashed
+    once on 7.3). Not retried: any failure
     without a crash, a crash whose faulting instruction (RIP) is in the
     driver's module, and anything under KVM. A crash elsewhere with the
     driver only further down the stack is retried: CI of 4799577 saw the
