@@ -235,6 +235,7 @@ enum vb_counter {
 	VB_CNT_REPORTED_BYTES,
 	VB_CNT_STATS_REQUESTS,
 	VB_CNT_PCP_PAGES,
+	VB_CNT_HIGH_PAGES,
 	VB_NR_COUNTERS
 };
 
@@ -265,6 +266,14 @@ struct vballoon {
 	unsigned int nr_stash;
 	/* One page's frame numbers, for migration. */
 	__virtio32 mig_pfns[VB_UNITS_PER_PAGE];
+	/*
+	 * Pages the inflate got but cannot name to the host (vb_nameable()),
+	 * held while the inflate lasts so the allocator moves on.
+	 */
+	spinlock_t high_lock;
+	struct list_head high;
+	unsigned long nr_high;
+	bool high_told;
 
 	struct delayed_work size_work;
 	struct work_struct stats_work;
@@ -323,6 +332,18 @@ static void vb_ack(struct virtqueue *vq)
 	wake_up(&vb->acked);
 }
 
+/*
+ * The protocol names 4 KiB frames in 32 bits: guest memory at or above
+ * 16 TiB cannot be named, and a truncated number would make the host
+ * discard a page the guest still uses.
+ */
+#define VB_PFN_LIMIT	(1ULL << (32 - (PAGE_SHIFT - VIRTIO_BALLOON_PFN_SHIFT)))
+
+static bool vb_nameable(struct page *page)
+{
+	return (u64)page_to_pfn(page) < VB_PFN_LIMIT;
+}
+
 static void vb_put_pfns(struct vballoon *vb, __virtio32 *pfns,
 			unsigned int *n, struct page *page)
 {
@@ -332,6 +353,57 @@ static void vb_put_pfns(struct vballoon *vb, __virtio32 *pfns,
 
 	for (i = 0; i < VB_UNITS_PER_PAGE; i++)
 		pfns[(*n)++] = cpu_to_virtio32(vb->vdev, pfn + i);
+}
+
+/*
+ * Move the pages of @list that cannot be named to the host to vb->high.
+ * They stay allocated while the inflate lasts, so the allocator moves on
+ * to memory that can. Return: how many.
+ */
+static unsigned int vb_hold_high(struct vballoon *vb, struct list_head *list)
+{
+	struct page *page, *tmp;
+	unsigned int n = 0;
+	LIST_HEAD(high);
+
+	list_for_each_entry_safe(page, tmp, list, lru) {
+		if (likely(vb_nameable(page)))
+			continue;
+		list_move(&page->lru, &high);
+		n++;
+	}
+	if (!n)
+		return 0;
+	spin_lock(&vb->high_lock);
+	list_splice(&high, &vb->high);
+	WRITE_ONCE(vb->nr_high, vb->nr_high + n);
+	spin_unlock(&vb->high_lock);
+	atomic64_add(n, &vb->cnt[VB_CNT_HIGH_PAGES]);
+	if (!vb->high_told) {
+		vb->high_told = true;
+		dev_warn(&vb->vdev->dev,
+			 "memory at or above 16 TiB cannot be named to the host (32-bit frame numbers): inflating from memory below\n");
+	}
+	return n;
+}
+
+/* Give the pages vb_hold_high() kept to the guest. Return: how many. */
+static unsigned long vb_release_high(struct vballoon *vb)
+{
+	struct page *page, *tmp;
+	unsigned long n;
+	LIST_HEAD(list);
+
+	if (!READ_ONCE(vb->nr_high))
+		return 0;
+	spin_lock(&vb->high_lock);
+	list_splice_init(&vb->high, &list);
+	n = vb->nr_high;
+	WRITE_ONCE(vb->nr_high, 0);
+	spin_unlock(&vb->high_lock);
+	list_for_each_entry_safe(page, tmp, &list, lru)
+		__free_page(page);
+	return n;
 }
 
 /* Give pages that left the balloon (and the host's hands) to the guest. */
@@ -542,7 +614,8 @@ static unsigned long vb_boost_pages(void)
  */
 static long vb_available(struct vballoon *vb)
 {
-	long avail = si_mem_available();
+	/* Pages held by vb_hold_high() go back when the inflate ends. */
+	long avail = si_mem_available() + (long)READ_ONCE(vb->nr_high);
 
 	/*
 	 * A boost grows by a pageblock at a time: 2 MiB with 4 KiB pages,
@@ -704,7 +777,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 	unsigned long deadline = jiffies + msecs_to_jiffies(VB_PASS_MS);
 	unsigned int per_buf = vb_batch_pages();
 	unsigned int pages = units / VB_UNITS_PER_PAGE;
-	unsigned int done = 0, want, n, order;
+	unsigned int done = 0, want, got, n, order;
 	unsigned long room, stock;
 	struct page *page, *tmp;
 	struct vb_buf *buf;
@@ -733,12 +806,15 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 			t0 = ktime_get_ns();
 		/* Pages left of a split block, or new blocks: huge order. */
 		order = vb->nr_stash ? VB_HUGE_ORDER : 0;
-		n = vb_alloc(vb, &list, want, pages - done, stock);
-		if (n < want) {
+		got = vb_alloc(vb, &list, want, pages - done, stock);
+		if (got < want) {
 			atomic64_inc(&vb->cnt[VB_CNT_ALLOC_FAILURES]);
 			atomic64_set(&vb->cnt[VB_CNT_LAST_ALLOC_FAILURE_MS],
 				     vb_now_ms());
 		}
+		n = got - vb_hold_high(vb, &list);
+		if (!n && got == want)
+			continue;
 		if (!n)
 			break;
 		vb_lock_when(vb, vb_has_room);
@@ -754,7 +830,7 @@ static unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 		vb_send(vb, vb->inflate_vq, buf);
 		mutex_unlock(&vb->lock);
 		trace_vballoon_inflate(n, order, t0 ? ktime_get_ns() - t0 : 0);
-		if (n < want)
+		if (got < want)
 			break;
 	}
 	/* A pass ends on a block boundary; this is only a safety net. */
@@ -948,8 +1024,9 @@ static void vb_size_work(struct work_struct *work)
 	unsigned int held = READ_ONCE(vb->num_pages);
 	unsigned long short_pages = held ? vb_shortfall(vb) : 0;
 	unsigned long retry_at = READ_ONCE(vb->retry_at);
-	unsigned long next = 0;
+	unsigned long next = 0, high;
 	unsigned int done = 0;
+	bool inflating = false;
 
 	if (target != vb->last_target) {
 		vb->prev_target = vb->last_target;
@@ -965,8 +1042,12 @@ static void vb_size_work(struct work_struct *work)
 	} else if (goal > held && time_before(jiffies, retry_at)) {
 		next = retry_at - jiffies;
 	} else if (goal > held) {
+		high = READ_ONCE(vb->nr_high);
 		done = vb_inflate(vb, goal - held);
-		if (done)
+		/* A pass that only found high pages still moved on. */
+		inflating = (done || READ_ONCE(vb->nr_high) > high) &&
+			    READ_ONCE(vb->num_pages) < goal;
+		if (done || inflating)
 			WRITE_ONCE(vb->backoff_ms, VB_BACKOFF_MIN_MS);
 		else
 			vb_back_off(vb);
@@ -978,13 +1059,16 @@ static void vb_size_work(struct work_struct *work)
 		next = 1;
 	}
 
+	/* Held high pages go back once an inflate is over. */
+	if (!inflating)
+		vb_release_high(vb);
 	held = READ_ONCE(vb->num_pages);
-	if (held < target && (short_pages || !done))
+	if (held < target && (short_pages || !(done || inflating)))
 		vb_refuse(vb, target, goal);
 	else if (held == target)
 		vb->refused = false;
 
-	if (done) {
+	if (done || inflating) {
 		vb_queue_size_work(vb, 0, true);
 		return;
 	}
@@ -1100,6 +1184,7 @@ static int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 	unsigned int done = 0, n;
 
 	atomic_inc(&vb->oom_waiting);
+	*freed += vb_release_high(vb);
 	mutex_lock(&vb->lock);
 	/* Frozen or going away: the queues may be gone. */
 	while (done < units && !READ_ONCE(vb->stop_update)) {
@@ -1126,8 +1211,11 @@ static int vb_migrate(void *priv, struct page *newpage, struct page *page)
 	 */
 	if (!mutex_trylock(&vb->lock))
 		return -EAGAIN;
-	/* Stopping: the device may be gone; the page goes back instead. */
-	if (READ_ONCE(vb->stop_update)) {
+	/*
+	 * Stopping: the device may be gone; the page goes back instead. A
+	 * new page the host cannot be told of stays out of the balloon.
+	 */
+	if (READ_ONCE(vb->stop_update) || !vb_nameable(newpage)) {
 		mutex_unlock(&vb->lock);
 		return -EAGAIN;
 	}
@@ -1625,6 +1713,7 @@ VB_COUNTER_ATTR(reports, VB_CNT_REPORTS);
 VB_COUNTER_ATTR(reported_bytes, VB_CNT_REPORTED_BYTES);
 VB_COUNTER_ATTR(stats_requests, VB_CNT_STATS_REQUESTS);
 VB_COUNTER_ATTR(pcp_pages, VB_CNT_PCP_PAGES);
+VB_COUNTER_ATTR(high_pages, VB_CNT_HIGH_PAGES);
 
 static struct attribute *vb_attrs[] = {
 	&dev_attr_target_pages.attr,
@@ -1650,6 +1739,7 @@ static struct attribute *vb_attrs[] = {
 	&vb_counter_attr_reported_bytes.attr.attr,
 	&vb_counter_attr_stats_requests.attr.attr,
 	&vb_counter_attr_pcp_pages.attr.attr,
+	&vb_counter_attr_high_pages.attr.attr,
 	NULL,
 };
 
@@ -1904,6 +1994,7 @@ static void vb_stop_updates(struct vballoon *vb)
 	WRITE_ONCE(vb->stop_update, true);
 	spin_unlock_irq(&vb->stop_lock);
 	cancel_delayed_work_sync(&vb->size_work);
+	vb_release_high(vb);
 	cancel_work_sync(&vb->stats_work);
 	if (vb->hint.wq) {
 		/* Let a round waiting for room see the end. */
@@ -1965,6 +2056,8 @@ static int vb_probe(struct virtio_device *vdev)
 		INIT_LIST_HEAD(&vb->bufs[i].pages);
 	vb->free_bufs = GENMASK(VB_BUFS - 1, 0);
 	INIT_LIST_HEAD(&vb->stash);
+	spin_lock_init(&vb->high_lock);
+	INIT_LIST_HEAD(&vb->high);
 	vdev->priv = vb;
 	vb->vdev = vdev;
 	mutex_init(&vb->lock);

@@ -151,3 +151,76 @@ def case_unload(t):
         t.qmp.balloon(t.mem)
     v = t.g.vmstat()
     t.eq(v["balloon_inflate"], v["balloon_deflate"], "pages inflated vs deflated overall")
+
+
+# A 1 GiB DIMM placed at 16 TiB of guest-physical memory, onlined movable:
+# its page frame numbers in 4 KiB units need 33 bits, more than the
+# protocol's 32.
+HIGH_DIMM = dict(
+    cmdline="memhp_default_state=online_movable",
+    qemu_args=["-m", "1G,slots=2,maxmem=32T", "-cpu", "max,phys-bits=46",
+               "-object", "memory-backend-ram,id=m1,size=1G",
+               "-device", "pc-dimm,id=d1,memdev=m1,addr=0x100000000000"])
+HIGH_WARNING = "memory at or above 16 TiB cannot be named to the host"
+
+
+def movable_free_pages(t):
+    """Free pages of the Movable zone (the DIMM), from /proc/zoneinfo."""
+    zone = None
+    for line in t.g.read("/proc/zoneinfo").splitlines():
+        words = line.split()
+        if line.startswith("Node"):
+            zone = words[-1]
+        elif zone == "Movable" and words[:2] == ["pages", "free"]:
+            return int(words[2])
+    t.fail("no Movable zone in /proc/zoneinfo: the DIMM was not onlined movable")
+
+
+@case(timeout=900, fresh=True, **HIGH_DIMM)
+def case_high_memory(t):
+    """Memory at 16 TiB and above cannot be named in the protocol's 32-bit
+    frame numbers: the balloon keeps such pages out (counted in sysfs
+    high_pages, said once in the log) and inflates from the memory below,
+    so every tmpfs file survives and the host gets exactly the target.
+    The in-tree virtio_balloon truncates the numbers and the guest dies."""
+    t.mem += 1024 * MiB                     # the DIMM counts in QEMU's RAM
+    t.g.check("mount -o remount,size=90% /tmp")
+    t.g.check("tmpfill fill /tmp/frag 1100 1024", timeout=300)
+    t.g.check("tmpfill punch /tmp/frag", timeout=120)
+    t.g.check("md5sum /tmp/frag/* > /tmp/md5", timeout=300)
+    # the host holds the guest's free memory too: the balloon's shows in RSS
+    t.g.check(f"memhog {t.g.meminfo()['MemAvailable'] // 1024 - 96}", timeout=300)
+    t.load_driver()
+    high_free = movable_free_pages(t)
+    t.log(f"Movable zone (the DIMM at 16 TiB): {high_free * t.page // MiB} MiB free")
+    t.check(high_free * t.page >= 64 * MiB, "the DIMM has too little free memory to matter")
+    rss0 = t.rss()["VmRSS"]
+    free0 = t.g.meminfo()["MemFree"]
+    target = t.mem - 500 * MiB
+    t.balloon(target, timeout=300)
+    t.g.check("md5sum -c -s /tmp/md5", timeout=300)
+    b = t.bsys() if t.driver == "vballoon" else {}
+    if b:
+        t.log(f"sysfs high_pages {b['high_pages']} after a 500 MiB inflate")
+        t.check(b["high_pages"] > 0, "no high page was kept out of the balloon")
+        # each free page of the DIMM is taken at most once per inflate
+        t.check(b["high_pages"] <= high_free + 1024,
+                f"high_pages {b['high_pages']}: the DIMM's {high_free} free pages "
+                "were taken more than once")
+    # the pages kept out went back once the inflate was over
+    free1 = t.g.meminfo()["MemFree"]
+    t.near(free0 - free1, 500 * 1024, 48 * 1024, "MemFree fall (kB) with 500 MiB inflated")
+    t.near(movable_free_pages(t), high_free, 16 * MiB // t.page,
+           "free pages of the DIMM after the inflate")
+    drop = rss0 - t.rss()["VmRSS"]
+    t.log(f"QEMU RSS fell by {drop // 1024} MiB")
+    t.check(drop >= 400 * 1024, f"QEMU RSS fell by {drop} kB only")
+    t.balloon(t.mem)
+    t.g.check("md5sum -c -s /tmp/md5", timeout=300)
+    # a second inflate: the log still says it once
+    t.balloon(target, timeout=300)
+    t.g.check("md5sum -c -s /tmp/md5", timeout=300)
+    if b:
+        log = t.g.check("dmesg")
+        t.eq(log.count(HIGH_WARNING), 1, "log lines about memory above 16 TiB")
+    t.balloon(t.mem)
