@@ -28,6 +28,7 @@
 #include <linux/sched/mm.h>
 #include <linux/seq_file.h>
 #include <linux/slab.h>
+#include <linux/suspend.h>
 #include <linux/swap.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -209,14 +210,22 @@ struct vb_hint {
 	unsigned long reread;
 	/* Set by the shrinker: the guest is short, this round takes no more. */
 	unsigned long squeezed;
+	/* Set from suspend or hibernation preparation to their end. */
+	unsigned long paused;
 	u32 cmd_id;
 	__virtio32 active;
 	__virtio32 stop;
-	/* Hinted blocks, held until the host is DONE or memory is short. */
+	/*
+	 * Guards @vq (NULL while the queues are gone) and the blocks: those
+	 * still in the ring, and those the host has used. Until the host is
+	 * DONE the guest holds both; the shrinker takes only used ones.
+	 */
 	spinlock_t lock;
-	struct list_head blocks;
+	struct list_head ring;
+	struct list_head used;
 	unsigned long nr_blocks;
 	struct shrinker *shrinker;
+	struct notifier_block pm_nb;
 };
 
 /* Monotonic counters since probe, shown in sysfs under these names. */
@@ -1250,22 +1259,46 @@ static u32 vb_hint_cmd_id(struct vballoon *vb)
 	return h->cmd_id;
 }
 
-static unsigned long vb_hint_release(struct vballoon *vb, unsigned long n)
+/* Detach what the host used; true if a block fits beside the stop id. */
+static bool vb_hint_reap_locked(struct vb_hint *h)
+{
+	unsigned int len;
+	void *token;
+
+	lockdep_assert_held(&h->lock);
+	while ((token = virtqueue_get_buf(h->vq, &len))) {
+		if (token != &h->active && token != &h->stop)
+			list_move(&((struct page *)token)->lru, &h->used);
+	}
+	return h->vq->num_free > 1;
+}
+
+/*
+ * Give up to @n hinted blocks back to the guest: used ones first, then,
+ * unless @used_only, those still in the ring, which only a host that is
+ * DONE, or a device reset, lets go of. Return: how many.
+ */
+static unsigned long vb_hint_release(struct vballoon *vb, unsigned long n,
+				     bool used_only)
 {
 	struct vb_hint *h = &vb->hint;
 	struct page *page, *tmp;
 	unsigned long done = 0;
 	LIST_HEAD(list);
 
-	spin_lock_irq(&h->lock);
-	list_for_each_entry_safe(page, tmp, &h->blocks, lru) {
-		if (done == n)
-			break;
-		list_move(&page->lru, &list);
+	spin_lock(&h->lock);
+	if (h->vq)
+		vb_hint_reap_locked(h);
+	while (done < n && !list_empty(&h->used)) {
+		list_move(h->used.next, &list);
+		done++;
+	}
+	while (!used_only && done < n && !list_empty(&h->ring)) {
+		list_move(h->ring.next, &list);
 		done++;
 	}
 	WRITE_ONCE(h->nr_blocks, h->nr_blocks - done);
-	spin_unlock_irq(&h->lock);
+	spin_unlock(&h->lock);
 
 	list_for_each_entry_safe(page, tmp, &list, lru) {
 		list_del(&page->lru);
@@ -1287,36 +1320,42 @@ static unsigned long vb_hint_scan(struct shrinker *shrinker,
 {
 	struct vballoon *vb = vballoon_shrinker_private(shrinker);
 	unsigned long blocks = DIV_ROUND_UP(sc->nr_to_scan, 1UL << VB_HINT_ORDER);
+	unsigned long freed;
 
 	/*
 	 * Else the round would take each block back as soon as it is free,
 	 * and whoever needs the memory would wait on the race.
 	 */
 	set_bit(0, &vb->hint.squeezed);
-	return vb_hint_release(vb, blocks) << VB_HINT_ORDER;
+	/* Blocks still in the ring are the host's until it uses them. */
+	freed = vb_hint_release(vb, blocks, true);
+	return freed ? freed << VB_HINT_ORDER : SHRINK_STOP;
 }
 
-/* Detach what the host used; true if a block fits beside the stop id. */
 static bool vb_hint_reap(struct vballoon *vb)
 {
-	struct virtqueue *vq = vb->hint.vq;
-	unsigned int len;
+	struct vb_hint *h = &vb->hint;
+	bool room;
 
-	while (virtqueue_get_buf(vq, &len))
-		;
-	return vq->num_free > 1;
+	spin_lock(&h->lock);
+	room = vb_hint_reap_locked(h);
+	spin_unlock(&h->lock);
+	return room;
 }
 
 static int vb_hint_send_id(struct vballoon *vb, __virtio32 *id)
 {
+	struct vb_hint *h = &vb->hint;
 	struct scatterlist sg;
 	int err;
 
-	vb_hint_reap(vb);
 	sg_init_one(&sg, id, sizeof(*id));
-	err = virtqueue_add_outbuf(vb->hint.vq, &sg, 1, id, GFP_KERNEL);
+	spin_lock(&h->lock);
+	vb_hint_reap_locked(h);
+	err = virtqueue_add_outbuf(h->vq, &sg, 1, id, GFP_ATOMIC);
 	if (!err)
-		virtqueue_kick(vb->hint.vq);
+		virtqueue_kick(h->vq);
+	spin_unlock(&h->lock);
 	return err;
 }
 
@@ -1330,14 +1369,15 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 	int err;
 
 	while (vb_hint_cmd_id(vb) == id && !test_bit(0, &h->squeezed) &&
-	       !READ_ONCE(vb->stop_update)) {
+	       !test_bit(0, &h->paused) && !READ_ONCE(vb->stop_update)) {
 		if (!vb_hint_reap(vb)) {
 			/*
 			 * Queue full: the host is behind. No interrupt tells
 			 * when it catches up (see vb_init_vqs): look again in
 			 * 10 ms, sleeping, not in a spin.
 			 */
-			wait_event_timeout(vb->acked, test_bit(0, &h->reread),
+			wait_event_timeout(vb->acked, test_bit(0, &h->reread) ||
+					   test_bit(0, &h->paused),
 					   msecs_to_jiffies(10));
 			continue;
 		}
@@ -1352,16 +1392,19 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 			return 0;
 		sg_init_one(&sg, page_address(page),
 			    PAGE_SIZE << VB_HINT_ORDER);
-		err = virtqueue_add_inbuf(h->vq, &sg, 1, page, GFP_KERNEL);
+		spin_lock(&h->lock);
+		/* One entry, no indirect table (see vb_validate()): no allocation. */
+		err = virtqueue_add_inbuf(h->vq, &sg, 1, page, GFP_ATOMIC);
+		if (!err) {
+			virtqueue_kick(h->vq);
+			list_add(&page->lru, &h->ring);
+			WRITE_ONCE(h->nr_blocks, h->nr_blocks + 1);
+		}
+		spin_unlock(&h->lock);
 		if (err) {
 			__free_pages(page, VB_HINT_ORDER);
 			return err;
 		}
-		virtqueue_kick(h->vq);
-		spin_lock_irq(&h->lock);
-		list_add(&page->lru, &h->blocks);
-		WRITE_ONCE(h->nr_blocks, h->nr_blocks + 1);
-		spin_unlock_irq(&h->lock);
 		(*blocks)++;
 	}
 	return 0;
@@ -1377,7 +1420,8 @@ static void vb_hint_work(struct work_struct *work)
 	int err;
 
 	if (id == VIRTIO_BALLOON_CMD_ID_DONE) {
-		vb_hint_release(vb, ULONG_MAX);
+		/* The host has let go of every block, used or not. */
+		vb_hint_release(vb, ULONG_MAX, false);
 		return;
 	}
 	if (id == VIRTIO_BALLOON_CMD_ID_STOP ||
@@ -1411,12 +1455,36 @@ static void vb_hint_kick(struct vballoon *vb)
 	queue_work(vb->hint.wq, &vb->hint.work);
 }
 
+#ifdef CONFIG_PM_SLEEP
+/*
+ * The freezer waits for the hint work (its queue is freezable): a round
+ * ends when suspend or hibernation begins, whatever the host does.
+ */
+static int vb_hint_pm_notify(struct notifier_block *nb, unsigned long action,
+			     void *unused)
+{
+	struct vballoon *vb = container_of(nb, struct vballoon, hint.pm_nb);
+
+	switch (action) {
+	case PM_HIBERNATION_PREPARE:
+	case PM_SUSPEND_PREPARE:
+		set_bit(0, &vb->hint.paused);
+		wake_up(&vb->acked);
+		break;
+	case PM_POST_HIBERNATION:
+	case PM_POST_SUSPEND:
+	case PM_POST_RESTORE:
+		clear_bit(0, &vb->hint.paused);
+		break;
+	}
+	return NOTIFY_DONE;
+}
+#endif
+
 static int vb_hint_init(struct vballoon *vb)
 {
 	struct vb_hint *h = &vb->hint;
 
-	spin_lock_init(&h->lock);
-	INIT_LIST_HEAD(&h->blocks);
 	INIT_WORK(&h->work, vb_hint_work);
 	h->stop = cpu_to_virtio32(vb->vdev, VIRTIO_BALLOON_CMD_ID_STOP);
 	h->active = cpu_to_virtio32(vb->vdev, VIRTIO_BALLOON_CMD_ID_STOP);
@@ -1440,6 +1508,10 @@ static int vb_hint_init(struct vballoon *vb)
 		destroy_workqueue(h->wq);
 		return -ENOMEM;
 	}
+#ifdef CONFIG_PM_SLEEP
+	h->pm_nb.notifier_call = vb_hint_pm_notify;
+	register_pm_notifier(&h->pm_nb);
+#endif
 	return 0;
 }
 
@@ -1447,6 +1519,9 @@ static void vb_hint_exit(struct vballoon *vb)
 {
 	if (!vb->hint.wq)
 		return;
+#ifdef CONFIG_PM_SLEEP
+	unregister_pm_notifier(&vb->hint.pm_nb);
+#endif
 	vballoon_shrinker_destroy(vb->hint.shrinker);
 	destroy_workqueue(vb->hint.wq);
 }
@@ -1882,7 +1957,9 @@ static int vb_init_vqs(struct vballoon *vb)
 	vb->max_inflight = clamp(min(virtqueue_get_vring_size(vb->inflate_vq),
 				     virtqueue_get_vring_size(vb->deflate_vq)) - 1,
 				 1U, (unsigned int)VB_BUFS);
+	spin_lock(&vb->hint.lock);
 	vb->hint.vq = vqs[VB_VQ_HINT];
+	spin_unlock(&vb->hint.lock);
 	vb->reporting_vq = vqs[VB_VQ_REPORTING];
 	vb->stats_vq = NULL;
 	vb->vqs_live = true;
@@ -1977,9 +2054,12 @@ static void vb_empty_and_reset(struct vballoon *vb)
 	mutex_lock(&vb->lock);
 	vb_update_actual(vb);
 	mutex_unlock(&vb->lock);
-	/* Blocks a hint round still holds go back too. */
-	vb_hint_release(vb, ULONG_MAX);
 	vballoon_reset_device(vb->vdev);
+	/* Reset, the device holds no block: a round's go back too. */
+	spin_lock(&vb->hint.lock);
+	vb->hint.vq = NULL;
+	spin_unlock(&vb->hint.lock);
+	vb_hint_release(vb, ULONG_MAX, false);
 	vb->vdev->config->del_vqs(vb->vdev);
 	vb->vqs_live = false;
 }
@@ -2058,6 +2138,9 @@ static int vb_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&vb->stash);
 	spin_lock_init(&vb->high_lock);
 	INIT_LIST_HEAD(&vb->high);
+	spin_lock_init(&vb->hint.lock);
+	INIT_LIST_HEAD(&vb->hint.ring);
+	INIT_LIST_HEAD(&vb->hint.used);
 	vdev->priv = vb;
 	vb->vdev = vdev;
 	mutex_init(&vb->lock);

@@ -176,6 +176,52 @@ def case_hint_pressure(t):
     t.eq(t.g.vmstat()["oom_kill"], v0["oom_kill"], "oom_kill count")
 
 
+@case(timeout=600, fresh=True, **HINT)
+def case_hint_teardown(t):
+    """A migration that cannot finish (1 MiB/s) keeps hinted blocks held:
+    rmmod, unbind and S3 then each complete within seconds, and every
+    block goes back to the guest (MemFree as before the migration); so
+    does the host's DONE when the migration is cancelled."""
+    dev = t.load_driver()
+    name = dev.rsplit("/", 1)[1]
+    drv = f"/sys/bus/virtio/drivers/{t.driver}"
+    free0 = t.g.meminfo()["MemFree"]
+
+    def during_round(what, action, limit=10, settle=0):
+        # each migration brings a new command id, hence a new round
+        t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
+        t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+        deadline = time.monotonic() + 60
+        while free0 - t.g.meminfo()["MemFree"] < 256 * 1024:
+            t.check(time.monotonic() < deadline, f"{what}: no hint round took memory in 60 s")
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        action()
+        secs = time.monotonic() - t0
+        t.log(f"{what} with hinted blocks held: {secs:.1f} s")
+        t.check(secs < limit, f"{what} took {secs:.1f} s")
+        deadline = time.monotonic() + settle
+        while free0 - t.g.meminfo()["MemFree"] > 48 * 1024 and \
+                time.monotonic() < deadline:
+            time.sleep(0.5)
+        t.near(t.g.meminfo()["MemFree"], free0, 48 * 1024, f"MemFree (kB) after {what}")
+        t.qmp.cmd("migrate_cancel")
+        deadline = time.monotonic() + 30
+        while t.qmp.cmd("query-migrate").get("status") != "cancelled":
+            t.check(time.monotonic() < deadline, "migrate_cancel took 30 s")
+            time.sleep(0.2)
+
+    during_round(f"rmmod {t.driver}", lambda: t.g.check(f"rmmod {t.driver}", timeout=60))
+    t.load_driver()
+    during_round("unbind", lambda: t.g.write(f"{drv}/unbind", name))
+    t.g.write(f"{drv}/bind", name)
+    t.new_device()
+    # S3 empties the balloon and resets the device: the blocks go back
+    during_round("S3", t.suspend_resume, limit=30)
+    # and with the driver in place, the host's DONE gives them back
+    during_round("the host's DONE", lambda: t.qmp.cmd("migrate_cancel"), settle=30)
+
+
 def rss_kb(t):
     return t.rss()["VmRSS"]
 

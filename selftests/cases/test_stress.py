@@ -126,26 +126,6 @@ def case_unplug(t):
     verify_pattern(t, t.g, job, "after the new device's cycle")
 
 
-def suspend_resume(t):
-    """ACPI S3 and QMP system_wakeup; returns once the guest has resumed."""
-    t.g.write("/tmp/s3.sh", "sleep 1; echo mem > /sys/power/state; echo s3-$?\n")
-    mark = t.vm.console.mark()
-    since = len(t.qmp.events)
-    job = t.g.spawn("sh /tmp/s3.sh")
-    t.check(t.qmp.wait_event("SUSPEND", timeout=60, since=since),
-            "no SUSPEND event in 60 s")
-    t.eq(t.qmp.cmd("query-status")["status"], "suspended", "QEMU's status")
-    time.sleep(1)
-    t.qmp.cmd("system_wakeup")
-    # The agent's serial port is reset at wakeup: talk to the guest only
-    # once it has resumed its devices.
-    deadline = time.monotonic() + 60
-    while "PM: suspend exit" not in t.vm.console.text(mark):
-        t.check(time.monotonic() < deadline, "the guest did not resume")
-        time.sleep(0.2)
-    t.eq(job.wait_output(r"s3-(\d+)", timeout=60).group(1), "0", "echo mem exit status")
-
-
 @case(timeout=400, fresh=True)
 def case_suspend(t):
     """Suspend to RAM and resume, with a full balloon and with an inflate
@@ -165,7 +145,7 @@ def case_suspend(t):
     job.wait_output(r"^holding", timeout=120)
     t.balloon(t.keep(384))
     before = t.bsys()
-    suspend_resume(t)
+    t.suspend_resume()
     t.wait_actual(t.keep(384))
     after = t.bsys()
     t.log(f"across S3: deflated {after['deflated_pages'] - before['deflated_pages']}, "
@@ -178,7 +158,7 @@ def case_suspend(t):
     # 320 MiB: with the pattern's 64 MiB, 256 MiB is below the guest's floor
     t.qmp.balloon(t.keep(320))
     time.sleep(0.3)
-    suspend_resume(t)
+    t.suspend_resume()
     t.wait_actual(t.keep(320))
     memtotal_at(t, total0, t.keep(320))
     t.balloon(t.mem)

@@ -264,6 +264,28 @@ class Context:
         self.g.dead = True
         return time.monotonic() - t0
 
+    def suspend_resume(self):
+        """ACPI S3 and QMP system_wakeup; returns once the guest has resumed.
+        Fails if the guest's echo mem fails (the freezer gave up, a
+        driver's suspend failed)."""
+        self.g.write("/tmp/s3.sh", "sleep 1; echo mem > /sys/power/state; echo s3-$?\n")
+        mark = self.vm.console.mark()
+        since = len(self.qmp.events)
+        job = self.g.spawn("sh /tmp/s3.sh")
+        self.check(self.qmp.wait_event("SUSPEND", timeout=60, since=since),
+                   "no SUSPEND event in 60 s")
+        self.eq(self.qmp.cmd("query-status")["status"], "suspended", "QEMU's status")
+        time.sleep(1)
+        self.qmp.cmd("system_wakeup")
+        # The agent's serial port is reset at wakeup: talk to the guest only
+        # once it has resumed its devices.
+        deadline = time.monotonic() + 60
+        while "PM: suspend exit" not in self.vm.console.text(mark):
+            self.check(time.monotonic() < deadline, "the guest did not resume")
+            time.sleep(0.2)
+        self.eq(job.wait_output(r"s3-(\d+)", timeout=60).group(1), "0",
+                "echo mem exit status")
+
     def unload_driver(self, timeout=120):
         self.g.check(f"rmmod {self.driver}", timeout)
 
