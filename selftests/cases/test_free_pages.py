@@ -3,11 +3,12 @@
 import time
 
 from vbtest import ALL_ARCHES, MiB, case, virtio
-from vbtest.migration import (check_console, migrate, resume_retrying, sibling,
+from vbtest.migration import (check_console, migrate, resume_image, sibling,
                                verify_pattern)
 
+# ram_pad: see VM.ram_kib (QEMU 7.2's TCG loses writes during migration).
 HINT = dict(device={"free-page-hint": "on", "iothread": "io0"},
-            qemu_args=["-object", "iothread,id=io0"])
+            qemu_args=["-object", "iothread,id=io0"], ram_pad=8)
 REPORT = {"free-page-reporting": "on"}
 # The hint block's order by guest page size: the buddy allocator's largest
 # (MAX_PAGE_ORDER on 6.12, MAX_ORDER - 1 on 6.1).
@@ -83,23 +84,15 @@ def case_hint_migration(t):
             f"hinting sent {hinted['transferred'] // MiB} MiB, without "
             f"{sent // MiB} MiB: want at least {100 - int(share * 100)}% less")
 
-    # The hinted image resumes in a new QEMU, with a new hinted migration
-    # after a crash of QEMU 7.2's TCG resume (see resume_retrying: about 1
-    # run in 3 on x86, with the in-tree virtio_balloon as often as with
-    # vballoon). On arm64 under TCG it is 1 resume in 2 (vballoon 2 of 3,
-    # the in-tree driver 1 of 3: list corruption in a workqueue, oopses in
-    # interrupts, hangs), never without hinting: too often for retries, and
-    # the resume is left to KVM there.
+    # The hinted image resumes in a new QEMU (see resume_image). On arm64
+    # under TCG it is left to KVM: 1 resume in 2 crashed there, with either
+    # driver, before the guests had ram_pad; not measured with it yet.
     if t.vm.plat.name == "arm64" and t.vm.accel == "tcg":
         t.log("resume not tried: QEMU 7.2 under TCG corrupts hinted arm64 images")
         job.signal("TERM")
         return
 
-    def remigrate(path):
-        migrate(t.qmp, f"exec:cat > {path}")
-        t.qmp.cmd("cont")
-
-    resume_retrying(t, img, remigrate, lambda vm2, path: resume_hinted(t, vm2, path, job))
+    resume_image(t, img, lambda vm2, path: resume_hinted(t, vm2, path, job))
     job.signal("TERM")
 
 

@@ -8,7 +8,7 @@ import re
 import time
 
 from vbtest import MiB, case
-from vbtest.migration import check_console, migrate, resume_retrying, verify_pattern
+from vbtest.migration import check_console, migrate, resume_image, verify_pattern
 
 # A guest process that allocates and frees memory for as long as it runs.
 CHURN = "while :; do memhog {mib} >/dev/null || exit 1; done\n"
@@ -194,7 +194,7 @@ def case_reboot(t):
             "the guest's kernel never said it restarts")
 
 
-@case(timeout=900, fresh=True)
+@case(timeout=900, fresh=True, ram_pad=8)
 def case_migrate_full(t):
     """Live migration with a full balloon, to a file and into a new QEMU:
     actual is preserved, the ballooned memory is not sent, the balloon
@@ -212,12 +212,7 @@ def case_migrate_full(t):
             f"{ram['normal']} normal pages sent for a {t.keep(384) // MiB} MiB guest")
     t.qmp.cmd("cont")
 
-    def remigrate(path):
-        migrate(t.qmp, f"exec:cat > {path}", 4 << 30)
-        t.qmp.cmd("cont")
-
-    resume_retrying(t, img, remigrate,
-                    lambda dst, path: resume_full(t, dst, path, job, total0))
+    resume_image(t, img, lambda dst, path: resume_full(t, dst, path, job, total0))
     job.signal("TERM")
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .platform import page_size, platform_of
+from .platform import page_size
 from .qmp import BALLOON_QOM
 from .vm import VMConfig
 
@@ -51,7 +51,7 @@ class Spec:
 
 def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
          timeout=300, allow_oom=False, fresh=False, variants=None, arches=X86_ONLY,
-         machine="", core=False):
+         machine="", core=False, ram_pad=0):
     """Declare a case_* function's guest configuration.
 
     mem       guest RAM in MiB
@@ -63,6 +63,8 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
     fresh     run in a guest of its own (no sharing with other cases)
     arches    guest architectures to run on (X86_ONLY or ALL_ARCHES)
     machine   "" (virtio-pci) or "microvm" (x86, the balloon on virtio-mmio)
+    ram_pad   KiB of RAM added under TCG (cases resuming a migrated image:
+              see VM.ram_kib)
     core      one of the core cases, which run on every kernel (the rest run
               on the kernels the runner is given with --full, or on all
               without --core)
@@ -72,7 +74,7 @@ def case(name=None, *, mem=1024, smp=2, device=None, cmdline="", qemu_args=(),
     """
     def wrap(func):
         base = name or func.__name__[len("case_"):]
-        cfg = VMConfig.make(mem, smp, device, cmdline, qemu_args, machine)
+        cfg = VMConfig.make(mem, smp, device, cmdline, qemu_args, machine, ram_pad)
         specs = []
         for suffix, over in (variants or {"": {}}).items():
             over = dict(over)
@@ -115,7 +117,8 @@ class Context:
     (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path),
     page (the guest's page size in bytes; the balloon protocol counts 4 KiB
     units whatever it is, sysfs *_pages and /proc/vmstat count guest pages),
-    extra (bytes of RAM the platform adds to config.mem; in mem).
+    extra (bytes of RAM added to config.mem: the platform's, and the
+    ram_pad under TCG; in mem).
     """
 
     def __init__(self, spec, vm, kver, driver, verbose=False):
@@ -125,8 +128,8 @@ class Context:
         self.params = spec.params
         self.g = vm.guest
         self.qmp = vm.qmp
-        self.extra = platform_of(kver).mem_extra * MiB
-        self.mem = spec.config.mem * MiB + self.extra
+        self.mem = vm.ram_kib * 1024
+        self.extra = self.mem - spec.config.mem * MiB
         self.page = page_size(kver)
         self.balloon_qom = BALLOON_QOM
         self.notes = []

@@ -31,24 +31,27 @@ class VMConfig:
     cmdline: str = ""               # appended to BASE_CMDLINE
     qemu_args: tuple = ()           # extra QEMU arguments
     machine: str = ""               # "" (pc / virt, virtio-pci) or "microvm" (virtio-mmio)
+    ram_pad: int = 0                # KiB of RAM added under TCG (see VM.ram_kib)
 
     @classmethod
-    def make(cls, mem=1024, smp=2, device=None, cmdline="", qemu_args=(), machine=""):
+    def make(cls, mem=1024, smp=2, device=None, cmdline="", qemu_args=(), machine="",
+             ram_pad=0):
         dev = dict(DEVICE_DEFAULTS)
         for k, v in (device or {}).items():
             dev[k] = {True: "on", False: "off"}.get(v, str(v))
         return cls(mem, smp, tuple(sorted(dev.items())), cmdline.strip(),
-                   tuple(qemu_args), machine)
+                   tuple(qemu_args), machine, ram_pad)
 
     def merged(self, mem=None, smp=None, device=None, cmdline="", qemu_args=(),
-               machine=None):
+               machine=None, ram_pad=None):
         """A copy with device properties merged and cmdline/args appended."""
         dev = dict(self.device)
         dev.update(device or {})
         return VMConfig.make(mem or self.mem, smp or self.smp, dev,
                              f"{self.cmdline} {cmdline}",
                              self.qemu_args + tuple(qemu_args),
-                             self.machine if machine is None else machine)
+                             self.machine if machine is None else machine,
+                             self.ram_pad if ram_pad is None else ram_pad)
 
     @property
     def mmio(self):
@@ -61,7 +64,8 @@ class VMConfig:
 
     def describe(self):
         changed = [f"{k}={v}" for k, v in self.device if DEVICE_DEFAULTS.get(k) != v]
-        parts = [f"{self.mem}M", f"smp{self.smp}"] + changed
+        parts = [f"{self.mem}M" + (f"+{self.ram_pad}K" if self.ram_pad else ""),
+                 f"smp{self.smp}"] + changed
         if self.machine:
             parts.insert(0, self.machine)
         if self.cmdline:
@@ -158,6 +162,21 @@ class VM:
         self.proc = None
         self.boot_time = None
 
+    @property
+    def ram_kib(self):
+        """The guest's RAM in KiB: config.mem, the platform's extra and,
+        under TCG, config.ram_pad. Cases that resume a live-migrated image
+        pad by 8 KiB: QEMU 7.2's dirty bitmap sync takes a fast path for a
+        RAM block of whole 256 KiB words (cpu_physical_memory_sync_dirty_bitmap)
+        that clears the migration dirty bits without re-arming TCG's TLB
+        write tracking, so a vCPU keeps writing pages through TLB entries
+        marked dirty and the writes are never sent; the image resumes into
+        crashes, with either driver. Any other size takes the per-page
+        path, which re-arms it (tlb_reset_dirty)."""
+        c = self.config
+        pad = c.ram_pad if self.accel == "tcg" else 0
+        return (c.mem + self.plat.mem_extra) * 1024 + pad
+
     def argv(self):
         c, p = self.config, self.plat
         if self.accel == "kvm":
@@ -188,7 +207,7 @@ class VM:
             extra = "tsc_early_khz=2000000"
         cmdline = (f"console={p.console},115200 vbagent={agent_dev} {BASE_CMDLINE} "
                    f"{p.cmdline} {'' if c.mmio else p.pci_cmdline} {extra} {c.cmdline}")
-        return [p.qemu, *machine, *accel, "-m", f"{c.mem + p.mem_extra}M", "-smp", str(c.smp),
+        return [p.qemu, *machine, *accel, "-m", f"{self.ram_kib}K", "-smp", str(c.smp),
                 # named threads: a QEMU core or hang shows which one
                 "-name", "vbtest,debug-threads=on",
                 "-display", "none", "-nodefaults", "-no-user-config",
