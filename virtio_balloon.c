@@ -289,6 +289,10 @@ struct vballoon {
 	/* Set on removal: interrupts must not queue work any more. */
 	spinlock_t stop_lock;
 	bool stop_update;
+	/* Wakeup events (vb_wake_start()): VB_WAKE_* asked for, and taken. */
+	spinlock_t wake_lock;
+	unsigned int wake_pending, wake_busy;
+	bool waking;
 
 	/* Automatic floor: the least MemAvailable kept, in guest pages. */
 	unsigned long floor_pages;
@@ -934,6 +938,51 @@ static unsigned int vb_target(struct vballoon *vb)
  * otherwise the new delay replaces it (the host or the admin changed
  * something).
  */
+#define VB_WAKE_ADJUST	BIT(0)
+#define VB_WAKE_STATS	BIT(1)
+
+/*
+ * As the in-tree driver (v6.12): from the interrupt that asks for an
+ * adjustment or statistics to the end of the work that answers it, the
+ * device's wakeup source is held, so an autosleeping guest does not
+ * suspend in between. It exists once user space enables power/wakeup.
+ */
+static void vb_wake_start(struct vballoon *vb, unsigned int what)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&vb->wake_lock, flags);
+	vb->wake_pending |= what;
+	if (!vb->waking) {
+		vb->waking = true;
+		pm_stay_awake(&vb->vdev->dev);
+	}
+	spin_unlock_irqrestore(&vb->wake_lock, flags);
+}
+
+/* A work begins: what it was asked for so far is its to answer. */
+static void vb_wake_take(struct vballoon *vb, unsigned int what)
+{
+	spin_lock_irq(&vb->wake_lock);
+	vb->wake_pending &= ~what;
+	vb->wake_busy |= what;
+	spin_unlock_irq(&vb->wake_lock);
+}
+
+/* A work is done (@what 0: every work is stopped): relax if none is due. */
+static void vb_wake_done(struct vballoon *vb, unsigned int what)
+{
+	spin_lock_irq(&vb->wake_lock);
+	if (!what)
+		vb->wake_pending = 0;
+	vb->wake_busy &= what ? ~what : 0;
+	if (vb->waking && !vb->wake_pending && !vb->wake_busy) {
+		vb->waking = false;
+		pm_relax(&vb->vdev->dev);
+	}
+	spin_unlock_irq(&vb->wake_lock);
+}
+
 static void vb_queue_size_work(struct vballoon *vb, unsigned long delay,
 			       bool sooner)
 {
@@ -1037,6 +1086,7 @@ static void vb_size_work(struct work_struct *work)
 	unsigned int done = 0;
 	bool inflating = false;
 
+	vb_wake_take(vb, VB_WAKE_ADJUST);
 	if (target != vb->last_target) {
 		vb->prev_target = vb->last_target;
 		vb->last_target = target;
@@ -1081,6 +1131,8 @@ static void vb_size_work(struct work_struct *work)
 		vb_queue_size_work(vb, 0, true);
 		return;
 	}
+	/* Reached, or waiting for a retry: the adjustment is over for now. */
+	vb_wake_done(vb, VB_WAKE_ADJUST);
 	/* While the balloon holds pages, keep an eye on the reserve. */
 	if (held && READ_ONCE(vb->reserve_mib))
 		next = next ? min(next, msecs_to_jiffies(VB_GUARD_MS)) :
@@ -1165,12 +1217,14 @@ static void vb_stats_work(struct work_struct *work)
 	struct vballoon *vb = container_of(work, struct vballoon, stats_work);
 	unsigned int len;
 
-	if (!virtqueue_get_buf(vb->stats_vq, &len))
-		return;
-	atomic64_inc(&vb->cnt[VB_CNT_STATS_REQUESTS]);
-	if (vb_post_stats(vb, true))
-		dev_warn_ratelimited(&vb->vdev->dev,
-				     "cannot repost the stats buffer\n");
+	vb_wake_take(vb, VB_WAKE_STATS);
+	if (virtqueue_get_buf(vb->stats_vq, &len)) {
+		atomic64_inc(&vb->cnt[VB_CNT_STATS_REQUESTS]);
+		if (vb_post_stats(vb, true))
+			dev_warn_ratelimited(&vb->vdev->dev,
+					     "cannot repost the stats buffer\n");
+	}
+	vb_wake_done(vb, VB_WAKE_STATS);
 }
 
 static void vb_stats_request(struct virtqueue *vq)
@@ -1179,8 +1233,10 @@ static void vb_stats_request(struct virtqueue *vq)
 	unsigned long flags;
 
 	spin_lock_irqsave(&vb->stop_lock, flags);
-	if (!vb->stop_update)
+	if (!vb->stop_update) {
+		vb_wake_start(vb, VB_WAKE_STATS);
 		queue_work(vb_wq, &vb->stats_work);
+	}
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }
 
@@ -1918,11 +1974,13 @@ static void vb_config_changed(struct virtio_device *vdev)
 	struct vballoon *vb = vdev->priv;
 	unsigned long flags;
 
-	vb_kick(vb);
 	spin_lock_irqsave(&vb->stop_lock, flags);
-	if (!vb->stop_update)
+	if (!vb->stop_update) {
+		vb_wake_start(vb, VB_WAKE_ADJUST);
 		vb_hint_kick(vb);
+	}
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
+	vb_kick(vb);
 }
 
 static int vb_init_vqs(struct vballoon *vb)
@@ -2076,6 +2134,7 @@ static void vb_stop_updates(struct vballoon *vb)
 	cancel_delayed_work_sync(&vb->size_work);
 	vb_release_high(vb);
 	cancel_work_sync(&vb->stats_work);
+	vb_wake_done(vb, 0);
 	if (vb->hint.wq) {
 		/* Let a round waiting for room see the end. */
 		set_bit(0, &vb->hint.reread);
@@ -2138,6 +2197,7 @@ static int vb_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&vb->stash);
 	spin_lock_init(&vb->high_lock);
 	INIT_LIST_HEAD(&vb->high);
+	spin_lock_init(&vb->wake_lock);
 	spin_lock_init(&vb->hint.lock);
 	INIT_LIST_HEAD(&vb->hint.ring);
 	INIT_LIST_HEAD(&vb->hint.used);
@@ -2177,6 +2237,12 @@ static int vb_probe(struct virtio_device *vdev)
 		if (err)
 			goto err_hint_exit;
 	}
+	/*
+	 * The balloon cannot wake the guest, but its wakeup source keeps an
+	 * adjustment from being cut by autosleep (vb_wake_start()); its own,
+	 * as wakeup sources do not nest, so the transport's stays apart.
+	 */
+	device_set_wakeup_capable(&vdev->dev, true);
 	vb_device_ready(vb);
 
 	err = vb_reporting_init(vb);

@@ -217,3 +217,71 @@ def case_debugfs(t):
     rc, _ = t.g.run(f"{NOBODY} 'cat /sys/kernel/debug/vballoon/{name}'")
     t.check(rc != 0, "uid 65534 read debugfs")
     t.balloon(t.mem)
+
+
+# wakeup_count counts only events that could abort a suspend under way
+WAKEUP_STATS = ("active_count", "active", "total_time_ms")
+
+
+def wakeup(t, power):
+    """The device's wakeup source, from its power/wakeup_* attributes."""
+    return {k: int(t.g.read(f"{power}/wakeup_{k}")) for k in WAKEUP_STATS}
+
+
+def wakeup_idle(t, power, what, timeout=20):
+    """Wait until nothing holds the wakeup source (for 1 s); returns it."""
+    deadline = time.monotonic() + timeout
+    since = None
+    while True:
+        w = wakeup(t, power)
+        if w["active"]:
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= 1:
+            return w
+        t.check(time.monotonic() < deadline, f"{what}: the wakeup source is "
+                f"still held after {timeout} s ({w})")
+        time.sleep(0.2)
+
+
+@case(timeout=300)
+def case_wakeup(t):
+    """With wakeup enabled on the device (power/wakeup, as autosleeping
+    systems do), an adjustment and a statistics request each hold the
+    device's wakeup source until the driver has answered: wakeup counts
+    and time rise with a new target and with the host's polling; nothing
+    is held once the balloon is still, on a target the guest refuses too."""
+    dev = t.load_driver()
+    power = f"{dev}/power"
+    t.g.write(f"{power}/wakeup", "enabled")
+    w0 = wakeup_idle(t, power, "after enabling")
+    t.balloon(t.keep(512))
+    w1 = wakeup_idle(t, power, "after a 512 MiB target")
+    t.log(f"wakeup source over the inflate: {w0} -> {w1}")
+    t.check(w1["active_count"] > w0["active_count"], "an adjustment held no wakeup source")
+    t.check(w1["total_time_ms"] > w0["total_time_ms"], "the wakeup source was held 0 ms")
+
+    t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 1)
+    try:
+        n0 = int(t.bsys("stats_requests")) if t.driver == "vballoon" else None
+        time.sleep(5)
+        w2 = wakeup(t, power)
+    finally:
+        t.qmp.qom_set(t.balloon_qom, "guest-stats-polling-interval", 0)
+    stats = t.qmp.qom_get(t.balloon_qom, "guest-stats")
+    t.check(stats["last-update"] > 0, "QMP saw no statistics")
+    held = w2["active_count"] - w1["active_count"]
+    t.log(f"5 s of 1 s stats polling: the wakeup source held {held} times")
+    t.check(held >= 3, f"the wakeup source held {held} times for 5 s of stats requests")
+    if n0 is not None:
+        t.check(int(t.bsys("stats_requests")) - n0 >= 3, "stats_requests did not rise")
+    w3 = wakeup_idle(t, power, "after the stats polling stopped")
+
+    # a target the guest refuses: the driver backs off, holding nothing
+    t.qmp.balloon(64 * MiB)
+    t.qmp.wait_actual(64 * MiB, 120, settle=4)
+    w4 = wakeup_idle(t, power, "backing off a refused target")
+    t.check(w4["active_count"] > w3["active_count"], "the refused target held no wakeup source")
+    t.balloon(t.mem)
+    wakeup_idle(t, power, "deflated")
