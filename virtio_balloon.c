@@ -1148,26 +1148,44 @@ static void vb_stat(struct vballoon *vb, unsigned int *idx, u16 tag, u64 val)
 	(*idx)++;
 }
 
+#ifdef CONFIG_VM_EVENT_COUNTERS
+/* The statistics only the vm event counters give. */
+static void vb_fill_event_stats(struct vballoon *vb, unsigned int *i,
+				const unsigned long *events)
+{
+	unsigned long stall = 0;
+	int zid;
+
+	for (zid = 0; zid < MAX_NR_ZONES; zid++)
+		stall += events[ALLOCSTALL_NORMAL - ZONE_NORMAL + zid];
+#ifdef CONFIG_HUGETLB_PAGE
+	vb_stat(vb, i, VIRTIO_BALLOON_S_HTLB_PGALLOC,
+		events[HTLB_BUDDY_PGALLOC]);
+	vb_stat(vb, i, VIRTIO_BALLOON_S_HTLB_PGFAIL,
+		events[HTLB_BUDDY_PGALLOC_FAIL]);
+#endif
+	vb_stat(vb, i, VIRTIO_BALLOON_S_OOM_KILL, events[OOM_KILL]);
+	vb_stat(vb, i, VIRTIO_BALLOON_S_ALLOC_STALL, stall);
+}
+#endif
+
 /* Fill vb->stats from the guest's figures. Return: how many. */
 static unsigned int vb_fill_stats(struct vballoon *vb)
 {
 	unsigned long *events = vb->events;
-	unsigned long stall = 0;
 	struct sysinfo si;
 	unsigned int i = 0;
-	int zid;
 
-	all_vm_events(events);
 	si_meminfo(&si);
-	for (zid = 0; zid < MAX_NR_ZONES; zid++)
-		stall += events[ALLOCSTALL_NORMAL - ZONE_NORMAL + zid];
-
+#ifdef CONFIG_VM_EVENT_COUNTERS
+	all_vm_events(events);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_SWAP_IN,
 		(u64)events[PSWPIN] << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_SWAP_OUT,
 		(u64)events[PSWPOUT] << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_MAJFLT, events[PGMAJFAULT]);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_MINFLT, events[PGFAULT]);
+#endif
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_MEMFREE,
 		(u64)si.freeram << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_MEMTOT,
@@ -1176,14 +1194,10 @@ static unsigned int vb_fill_stats(struct vballoon *vb)
 		(u64)max(si_mem_available(), 0L) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_CACHES,
 		(u64)global_node_page_state(NR_FILE_PAGES) << PAGE_SHIFT);
-#ifdef CONFIG_HUGETLB_PAGE
-	vb_stat(vb, &i, VIRTIO_BALLOON_S_HTLB_PGALLOC,
-		events[HTLB_BUDDY_PGALLOC]);
-	vb_stat(vb, &i, VIRTIO_BALLOON_S_HTLB_PGFAIL,
-		events[HTLB_BUDDY_PGALLOC_FAIL]);
+#ifdef CONFIG_VM_EVENT_COUNTERS
+	vb_fill_event_stats(vb, &i, events);
 #endif
-	vb_stat(vb, &i, VIRTIO_BALLOON_S_OOM_KILL, events[OOM_KILL]);
-	vb_stat(vb, &i, VIRTIO_BALLOON_S_ALLOC_STALL, stall);
+#if defined(CONFIG_VM_EVENT_COUNTERS) || defined(VB_HAVE_NODE_RECLAIM_STATS)
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_ASYNC_SCAN,
 		(u64)vballoon_reclaim_stat(events, PGSCAN_KSWAPD) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_SCAN,
@@ -1192,6 +1206,7 @@ static unsigned int vb_fill_stats(struct vballoon *vb)
 		(u64)vballoon_reclaim_stat(events, PGSTEAL_KSWAPD) << PAGE_SHIFT);
 	vb_stat(vb, &i, VIRTIO_BALLOON_S_DIRECT_RECLAIM,
 		(u64)vballoon_reclaim_stat(events, PGSTEAL_DIRECT) << PAGE_SHIFT);
+#endif
 	trace_vballoon_stats(i, (u64)max(si_mem_available(), 0L) << PAGE_SHIFT,
 			     (u64)si.freeram << PAGE_SHIFT);
 	return i;

@@ -388,6 +388,9 @@ static inline void vballoon_compat_report(void)
 #ifndef VB_HAVE_PCP_HIGH_MIN
 	pr_info("this kernel's per-CPU free lists have a fixed size: no surplus to take first near the floor\n");
 #endif
+#ifndef CONFIG_VM_EVENT_COUNTERS
+	pr_info("this kernel keeps no vm event counters: the host gets no swap, fault, OOM kill or allocation stall statistics\n");
+#endif
 #if !IS_ENABLED(CONFIG_COMPACTION) || \
 	(defined(VB_KERNEL_BALLOON) && !IS_ENABLED(CONFIG_BALLOON_MIGRATION))
 	pr_info("this kernel cannot migrate balloon pages: compaction leaves them where they are\n");
