@@ -932,12 +932,6 @@ static unsigned int vb_target(struct vballoon *vb)
 		     ALIGN_DOWN(U32_MAX, VB_UNITS_PER_PAGE));
 }
 
-/*
- * Run the size work after @delay. With @sooner an earlier run already
- * queued stays as it is (the work itself re-arming, or a periodic check);
- * otherwise the new delay replaces it (the host or the admin changed
- * something).
- */
 #define VB_WAKE_ADJUST	BIT(0)
 #define VB_WAKE_STATS	BIT(1)
 
@@ -983,6 +977,12 @@ static void vb_wake_done(struct vballoon *vb, unsigned int what)
 	spin_unlock_irq(&vb->wake_lock);
 }
 
+/*
+ * Run the size work after @delay. With @sooner an earlier run already
+ * queued stays as it is (the work itself re-arming, or a periodic check);
+ * otherwise the new delay replaces it (the host or the admin changed
+ * something).
+ */
 static void vb_queue_size_work(struct vballoon *vb, unsigned long delay,
 			       bool sooner)
 {
