@@ -224,3 +224,44 @@ def case_high_memory(t):
         log = t.g.check("dmesg")
         t.eq(log.count(HIGH_WARNING), 1, "log lines about memory above 16 TiB")
     t.balloon(t.mem)
+
+
+@case(mem=4096, timeout=600, fresh=True)
+def case_compact_inflating(t):
+    """Compaction keeps migrating balloon pages while a long inflate is
+    under way (the driver holds its lock only to queue each batch, so
+    migration's trylock mostly succeeds): on a 4 GiB guest with holes in
+    its memory, balloon_migrate rises between two readings during which
+    the host's actual also moved; the target is still reached, the files
+    intact, and sysfs, /proc/vmstat and the host agree."""
+    t.load_driver()
+    # 1.5 GiB of 1 MiB files, every other one deleted: holes to move into
+    fragment(t, 1536)
+    t.g.check("tmpfill punch /tmp/frag", timeout=120)
+    t.g.check("md5sum /tmp/frag/* > /tmp/md5", timeout=300)
+    # all but 512 MiB of what the guest has left: well above its floor
+    target = t.mem - (t.g.meminfo()["MemAvailable"] // 1024 - 512) * MiB
+    loop = t.g.spawn("while :; do echo 1 > /proc/sys/vm/compact_memory; done")
+    try:
+        t.qmp.balloon(target)
+        samples = []
+        deadline = time.monotonic() + 300
+        while True:
+            actual = t.qmp.query_balloon()
+            samples.append((actual, t.g.vmstat()["balloon_migrate"]))
+            if actual == target:
+                break
+            t.check(time.monotonic() < deadline, f"actual {actual}, target {target}: "
+                    "not reached in 300 s")
+            time.sleep(0.3)
+    finally:
+        loop.signal("TERM")
+    both = sum(1 for a, b in zip(samples, samples[1:]) if a[0] != b[0] and a[1] != b[1])
+    moved = samples[-1][1] - samples[0][1]
+    t.log(f"inflate of {(t.mem - target) // MiB} MiB: {len(samples)} readings, "
+          f"{both} with the balloon and balloon_migrate both moving, "
+          f"{moved} pages migrated")
+    t.check(both >= 1, "no balloon page migrated while the balloon was growing")
+    t.g.check("md5sum -c -s /tmp/md5", timeout=300)
+    t.g.check("tmpfill clear /tmp/frag", timeout=120)
+    t.balloon(t.mem)
