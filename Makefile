@@ -31,7 +31,7 @@ KVER := $(lastword $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/
 endif
 KDIR ?= /lib/modules/$(KVER)/build
 
-SRCS := Kbuild VERSION virtio_balloon.c balloon_compaction.c include
+SRCS := Kbuild VERSION $(wildcard *.c) include
 VB_VERSION := $(shell cat $(CURDIR)/VERSION)
 # What DKMS and the Debian package ship in /usr/src/vballoon-<version>.
 DKMS_SRC = $(DESTDIR)/usr/src/vballoon-$(VB_VERSION)

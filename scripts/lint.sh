@@ -11,7 +11,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top" || exit 2
 out=build/lint
 mkdir -p "$out"
-srcs="virtio_balloon.c balloon_compaction.c include/*.h"
+srcs="$(echo *.c) include/*.h"
 fail=0
 
 # checkpatch and kernel-doc come from the kernel source tarball.
@@ -78,7 +78,7 @@ build() {
 	bdir="$top/$out/$kver"
 	rm -rf "$bdir"
 	mkdir -p "$bdir"
-	for f in Kbuild VERSION virtio_balloon.c balloon_compaction.c include; do
+	for f in Kbuild VERSION *.c include; do
 		ln -sfn "$top/$f" "$bdir/$f"
 	done
 	if [ "$kdir" = chroot ]; then
