@@ -28,6 +28,16 @@ repetition and driver:
   cpu        guest CPU time (all CPUs, /proc/stat non-idle) during inflate
              and deflate
   scaling    (4 GiB guests) inflate time for 256 MiB, 1 GiB and 3 GiB
+  oom        (deflate-on-oom, a guest of its own) how long the driver's OOM
+             notifier takes to give pages back (function_graph tracer,
+             median per call) when a task takes 64 MiB more than the guest
+             has: once with the balloon at half the guest and still, once
+             from full with an inflate to 3/4 asked for just before. A
+             notifier that waits behind an inflate takes longer then
+  compact    the inflate again, while the guest compacts its memory in a
+             loop: MiB/s, and the balloon pages compaction migrated during
+             the inflate (balloon_migrate; a driver holding its lock over
+             the whole inflate makes migration's trylock fail)
 
 Medians with min and max go to JSON, a Markdown table and a PNG chart.
 """
@@ -36,6 +46,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -146,6 +157,16 @@ def one_rep(vm, mem, floor_exe, scaling):
     r["floor_s"] = host_floor(floor_exe, size // 4096)
     r["x_floor"] = r["inflate_s"] / r["floor_s"]
 
+    job = g.spawn("while :; do echo 1 > /proc/sys/vm/compact_memory; done")
+    try:
+        m0 = g.vmstat()["balloon_migrate"]
+        r["inflate_compact_s"] = timed_balloon(vm, mem - size)
+        r["compact_migrated"] = g.vmstat()["balloon_migrate"] - m0
+    finally:
+        job.signal("TERM")
+    r["inflate_compact_mibs"] = size / MiB / r["inflate_compact_s"]
+    timed_balloon(vm, mem)
+
     if scaling:
         for mib in (256, 1024, 3072):
             r[f"inflate_{mib}_s"] = timed_balloon(vm, mem - mib * MiB)
@@ -153,10 +174,61 @@ def one_rep(vm, mem, floor_exe, scaling):
     return r
 
 
-def start_guest(kver, mem, image, workdir, accel):
+OOM_NOTIFIER = {"virtio_balloon": "virtio_balloon_oom_notify", "vballoon": "vb_oom_notify"}
+TRACING = "/sys/kernel/tracing"
+
+
+def oom_calls(g, driver, hog_mib, during=None):
+    """Durations (ms) of the driver's OOM notifier while memhog takes
+    hog_mib MiB; during() runs just before memhog starts."""
+    g.check(f"echo 0 > {TRACING}/tracing_on; echo nop > {TRACING}/current_tracer; "
+            f"echo {OOM_NOTIFIER[driver]} > {TRACING}/set_ftrace_filter; "
+            f"echo 1 > {TRACING}/max_graph_depth; "
+            f"echo function_graph > {TRACING}/current_tracer; echo > {TRACING}/trace; "
+            f"echo 1 > {TRACING}/tracing_on")
+    if during:
+        during()
+    # the OOM killer may end it; a driver that re-inflates as fast as the
+    # notifier gives back can starve it: 90 s is plenty of calls
+    g.run(f"timeout 90 memhog {hog_mib}", 120)
+    g.check(f"echo 0 > {TRACING}/tracing_on")
+    out = g.check(f"cat {TRACING}/trace", timeout=60)
+    g.check(f"echo nop > {TRACING}/current_tracer; echo > {TRACING}/set_ftrace_filter")
+    # " 1) ! 1234.567 us |  vb_oom_notify();"
+    return [float(m) / 1000 for m in
+            re.findall(r"([\d.]+) us\s+\|\s+\w+(?: \[\w+\])?\(\);", out)]
+
+
+def oom_rep(kver, mem, image, workdir, accel, driver):
+    """OOM notifier latency (ms), balloon standing still and inflating, on
+    a guest of mem MiB."""
+    vm = start_guest(kver, mem, image, workdir, accel, {"deflate-on-oom": "on"})
+    ram, r = mem * MiB, {}
+    try:
+        g = vm.guest
+        timed_balloon(vm, ram // 2)
+        # memory the guest has, and 64 MiB more: the notifier gives it
+        over = g.meminfo()["MemAvailable"] // 1024 + 64
+        idle = oom_calls(g, driver, over)
+        vm.qmp.balloon(ram)
+        vm.qmp.wait_actual(ram, 120, settle=5)
+        # the same, with an inflate to 3/4 asked for just before
+        over = g.meminfo()["MemAvailable"] // 1024 + 64
+        busy = oom_calls(g, driver, over, lambda: vm.qmp.balloon(ram // 4))
+        r["oom_calls_idle"], r["oom_calls_inflating"] = len(idle), len(busy)
+        if idle and busy:
+            r["oom_idle_ms"] = statistics.median(idle)
+            r["oom_inflating_ms"] = statistics.median(busy)
+        no_problems(vm, driver, kver, allow_oom=True)
+    finally:
+        vm.stop()
+    return r
+
+
+def start_guest(kver, mem, image, workdir, accel, device=None):
     """Boot a guest of mem MiB, load its driver, run both paths once."""
     initrd, name = image
-    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem), workdir, accel)
+    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem, device=device), workdir, accel)
     if vm is None:
         sys.exit(f"bench: {kver} guest did not boot:\n" + "\n".join(failed.console.tail(20)))
     vm.guest.check(f"insmod /lib/{name}.ko")
@@ -167,8 +239,8 @@ def start_guest(kver, mem, image, workdir, accel):
     return vm
 
 
-def no_problems(vm, driver, kver):
-    bad = console_problems(vm.console.text())
+def no_problems(vm, driver, kver, allow_oom=False):
+    bad = console_problems(vm.console.text(), allow_oom)
     if bad:
         sys.exit(f"bench: {driver} on {kver}: console shows {bad[:3]}")
 
@@ -217,6 +289,8 @@ def run(args):
                             no_problems(fresh, d, kver)
                         finally:
                             fresh.stop()
+                        r.update(oom_rep(kver, mem, images[d], out / f"{kver}-{mem}-{d}-oom",
+                                         accel, d))
                         per[d].append(r)
                         log(f"{kver} {mem} MiB {d} rep {i + 1}/{reps}: inflate "
                             f"{r['inflate_mibs']:.0f} MiB/s, deflate {r['deflate_mibs']:.0f} MiB/s, "
@@ -228,10 +302,11 @@ def run(args):
                 for vm in vms.values():
                     vm.stop()
             for d in DRIVERS:
-                keys = per[d][0].keys()
+                keys = {k for r in per[d] for k in r}
                 results["runs"].append({"kernel": kver, "mem_mib": mem, "driver": d,
                                         "raw": per[d],
-                                        **{k: summarize([r[k] for r in per[d]]) for k in keys}})
+                                        **{k: summarize([r[k] for r in per[d] if k in r])
+                                           for k in keys}})
             # what is done so far survives a run cut short
             (out / "results.partial.json").write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -257,7 +332,11 @@ ROWS = [("inflate MiB/s", "inflate_mibs", "{:.0f}"), ("deflate MiB/s", "deflate_
         ("guest CPU deflate s", "deflate_cpu_s", "{:.2f}"),
         ("inflate 256 MiB s", "inflate_256_s", "{:.2f}"),
         ("inflate 1 GiB s", "inflate_1024_s", "{:.2f}"),
-        ("inflate 3 GiB s", "inflate_3072_s", "{:.2f}")]
+        ("inflate 3 GiB s", "inflate_3072_s", "{:.2f}"),
+        ("OOM notifier ms, balloon still", "oom_idle_ms", "{:.2f}"),
+        ("OOM notifier ms, balloon inflating", "oom_inflating_ms", "{:.2f}"),
+        ("inflate MiB/s, guest compacting", "inflate_compact_mibs", "{:.0f}"),
+        ("balloon pages migrated during it", "compact_migrated", "{:.0f}")]
 
 
 def markdown(res):
@@ -274,7 +353,7 @@ def markdown(res):
         for row in ROWS:
             label, key, fmt = row[:3]
             div = row[3] if len(row) > 3 else 1
-            if key not in a:
+            if key not in a or key not in b:
                 continue
 
             def cell(r):
@@ -284,7 +363,7 @@ def markdown(res):
             ratio = ""
             if a[key]["median"] and key != "inflate_stall_s":
                 q = b[key]["median"] / a[key]["median"]
-                if key.endswith("_s") or key == "x_floor":
+                if key.endswith(("_s", "_ms")) or key == "x_floor":
                     ratio = f"{1 / q:.2f}x faster" if q else ""
                 else:
                     ratio = f"{q:.2f}x"
