@@ -71,7 +71,7 @@ def resume_image(t, img, resume):
 
     No retry: a resume that crashes fails the case. Under TCG the case's
     guest needs ram_pad (see VM.ram_kib), or QEMU 7.2 loses guest writes
-    during the migration and 1 resume in 3 crashes, with either driver.
+    during the migration and resumes crash, with either driver.
     """
     vm2 = sibling(t, "dst", t.config)
     try:
