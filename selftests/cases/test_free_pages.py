@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
 """Free page hinting (live migration) and free page reporting (host RSS)."""
+import re
 import time
 
 from vbtest import ALL_ARCHES, MiB, case, virtio
@@ -190,6 +191,7 @@ def case_hint_teardown(t):
                 rounds = t.bsys("hint_rounds") if t.driver == "vballoon" else "?"
                 t.log(f"{what}: no hint round took memory in 30 s (hint_rounds "
                       f"{rounds}, MemFree {t.g.meminfo()['MemFree']} kB)")
+                hint_state(t, name)
                 return False
             time.sleep(0.2)
         return True
@@ -213,15 +215,29 @@ def case_hint_teardown(t):
 
     during_round(f"rmmod {t.driver}", lambda: t.g.check(f"rmmod {t.driver}", timeout=60))
     t.load_driver()
+    during_round("unbind", lambda: t.g.write(f"{drv}/unbind", name))
+    t.g.write(f"{drv}/bind", name)
+    t.new_device()
     # S3 empties the balloon and resets the device: the blocks go back
     during_round("S3", t.suspend_resume, limit=30)
     # and with the driver in place, the host's DONE gives them back
     during_round("the host's DONE", lambda: t.qmp.cmd("migrate_cancel"), settle=30)
-    # Last: after unbind and bind a 7.3 guest may start no round for the
-    # next migration (an open defect, see the 3016b0e commit message).
-    during_round("unbind", lambda: t.g.write(f"{drv}/unbind", name))
-    t.g.write(f"{drv}/bind", name)
-    t.new_device()
+
+
+def hint_state(t, name):
+    """What each side says of the hint handshake, for a round that did
+    not start: the driver's command id, the device's interrupt counts, and
+    QEMU's negotiated features and status."""
+    if t.driver == "vballoon":
+        text = t.g.read(f"/sys/kernel/debug/vballoon/{name}")
+        t.log("debugfs: " + " ".join(re.findall(r"^hint: .*$", text, re.M)))
+    t.log(t.g.check(f"grep -h '{name}' /proc/interrupts || true"))
+    t.log(f"query-migrate: {t.qmp.cmd('query-migrate').get('status')}")
+    for dev in t.qmp.cmd("x-query-virtio"):
+        if dev.get("name") == "virtio-balloon":
+            st = t.qmp.cmd("x-query-virtio-status", path=dev["path"])
+            t.log(f"QEMU: status {st.get('status')}, guest features "
+                  f"{st.get('guest-features')}, broken {st.get('broken')}")
 
 
 def rss_kb(t):
@@ -317,3 +333,4 @@ def case_report_order(t):
     t.load_driver("report_order=5")
     t.eq(t.g.read(f"/sys/module/{t.driver}/parameters/report_order").strip(), "5",
          "report_order")
+
