@@ -31,7 +31,8 @@ KVER := $(lastword $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/
 endif
 KDIR ?= /lib/modules/$(KVER)/build
 
-SRCS := Kbuild VERSION $(wildcard *.c) include
+# Not kbuild's own vballoon.mod.c, which an in-place "make" leaves here.
+SRCS := Kbuild VERSION $(filter-out %.mod.c,$(wildcard *.c)) include
 VB_VERSION := $(shell cat $(CURDIR)/VERSION)
 # What DKMS and the Debian package ship in /usr/src/vballoon-<version>.
 DKMS_SRC = $(DESTDIR)/usr/src/vballoon-$(VB_VERSION)

@@ -11,7 +11,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top" || exit 2
 out=build/lint
 mkdir -p "$out"
-srcs="$(echo *.c) include/*.h"
+srcs="$(ls *.c | grep -v "\.mod\.c$") include/*.h"
 fail=0
 
 # checkpatch and kernel-doc come from the kernel source tarball.
