@@ -310,13 +310,20 @@ void vb_hint_exit(struct vballoon *vb)
  * reporting order; the host discards their contents; the guest gets them
  * back as they were handed over, zeroed or poisoned as the host knows.
  */
+static bool vb_report_done(struct vballoon *vb)
+{
+	unsigned int len;
+
+	return !!virtqueue_get_buf(vb->reporting_vq, &len);
+}
+
 static int vb_report(struct page_reporting_dev_info *pr,
 		     struct scatterlist *sg, unsigned int nents)
 {
 	struct vballoon *vb = container_of(pr, struct vballoon, reporting);
 	struct virtqueue *vq = vb->reporting_vq;
 	struct scatterlist *s;
-	unsigned int len, i;
+	unsigned int i;
 	u64 bytes = 0;
 	int err;
 
@@ -325,7 +332,11 @@ static int vb_report(struct page_reporting_dev_info *pr,
 	if (WARN_ON_ONCE(err))
 		return err;
 	virtqueue_kick(vq);
-	wait_event(vb->acked, virtqueue_get_buf(vq, &len));
+	/*
+	 * The pages are the host's until it gives the buffer back, however
+	 * long that takes; vb_quiesce() ends reporting before any reset.
+	 */
+	vb_wait_acked(vb, vb_report_done);
 	for_each_sg(sg, s, nents, i)
 		bytes += s->length;
 	atomic64_inc(&vb->cnt[VB_CNT_REPORTS]);

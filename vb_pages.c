@@ -166,20 +166,26 @@ static bool vb_mig_done(struct vballoon *vb)
 }
 
 /*
- * Wait with vb->lock held until @done(), which reaps the queues. The ack
- * count is read before @done() looks, so an ack after it ends the sleep.
+ * Wait until @done(), which reaps a queue. The ack count is read before
+ * @done() looks, so an ack after it ends the sleep; the reaping stays out
+ * of the wait's condition.
  */
-static void vb_wait_locked(struct vballoon *vb, bool (*done)(struct vballoon *))
+void vb_wait_acked(struct vballoon *vb, bool (*done)(struct vballoon *))
 {
 	int seen;
 
-	lockdep_assert_held(&vb->lock);
 	for (;;) {
 		seen = atomic_read(&vb->acks);
 		if (done(vb))
 			return;
 		wait_event(vb->acked, atomic_read(&vb->acks) != seen);
 	}
+}
+
+static void vb_wait_locked(struct vballoon *vb, bool (*done)(struct vballoon *))
+{
+	lockdep_assert_held(&vb->lock);
+	vb_wait_acked(vb, done);
 }
 
 /*

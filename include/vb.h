@@ -250,6 +250,7 @@ unsigned int vb_ram_mib(unsigned long balloon_pages);
 
 /* vb_pages.c */
 void vb_ack(struct virtqueue *vq);
+void vb_wait_acked(struct vballoon *vb, bool (*done)(struct vballoon *));
 unsigned long vb_release_high(struct vballoon *vb);
 void vb_update_actual(struct vballoon *vb);
 unsigned int vb_inflate(struct vballoon *vb, unsigned int units);
