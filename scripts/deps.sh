@@ -14,7 +14,8 @@ linux-image-amd64 linux-headers-amd64 \
 linux-image-6.12-amd64 linux-headers-6.12-amd64 \
 linux-source-6.12 flex bison bc libelf-dev libssl-dev \
 dkms dh-dkms debhelper dpkg-dev fakeroot lintian debootstrap e2fsprogs \
-pyflakes3 python3-docutils"
+pyflakes3 python3-docutils \
+ovmf dosfstools mtools fdisk"
 
 missing=""
 for p in $PKGS; do
