@@ -22,6 +22,7 @@
 #   make dkms-add         put the sources under /usr/src and dkms add them
 #   make check-distro     the package and distribution boot tests alone
 #   make check-upgrade    a Debian 13 guest upgrading to trixie-backports' kernel
+#   make check-secureboot the Secure Boot guest alone (OVMF, shim, DKMS's key)
 
 KVER ?= $(shell uname -r)
 # The running kernel may have no headers (a container, a build box): then
@@ -48,6 +49,7 @@ PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
 .PHONY: all modules clean all-kernels cross-arm64 check check-suite check-arm64 check-debug check-distro check-upgrade \
+	check-secureboot \
 	deps run \
 	bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
@@ -132,7 +134,8 @@ check-debug:
 	$(MAKE) -C build/debug/obj M=$(CURDIR)/$$b modules; \
 	$(PYTHON) selftests/runner.py --kernel $$kver $(CHECK_ARGS)
 
-# The Debian package on this machine, then a Debian 12 guest booting with it;
+# The Debian package on this machine, then a Debian 12 guest booting with it,
+# and one booting through OVMF, shim and GRUB with Secure Boot on;
 # with DISTRO_UPGRADE=1 (read by distro.py) also the Debian 13 guest that
 # upgrades to trixie-backports' kernel, beside the rest. check-upgrade runs
 # that guest alone: it is too slow under TCG for make check's hour.
@@ -143,6 +146,10 @@ check-distro:
 check-upgrade:
 	scripts/deps.sh --if-missing
 	$(PYTHON) selftests/distro.py --upgrade-only $(DISTRO_ARGS)
+
+check-secureboot:
+	scripts/deps.sh --if-missing
+	$(PYTHON) selftests/distro.py --secureboot-only $(DISTRO_ARGS)
 
 run:
 	scripts/deps.sh --if-missing

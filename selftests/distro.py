@@ -28,6 +28,19 @@ vballoon in the kernel's postinst, and the 7.x boot must bind vballoon.
 Then the cloud flavour of that kernel, installed without headers, must boot
 with virtio_balloon and the install rule's line naming it.
 
+Secure Boot (--secureboot-only for this part alone; --no-secureboot skips
+it): a Debian 12 guest (debootstrap bookworm with its signed kernel,
+headers, dkms, shim-signed, grub-efi-amd64-signed and mokutil, the package
+installed in a chroot of it, where DKMS signs vballoon with its own key;
+cached in $VB_CACHE/secureboot) on a GPT disk with an EFI system partition,
+booted by OVMF with Microsoft's keys and the DKMS key in MokList, as
+MokManager leaves it. Secure Boot must be on and the kernel locked down,
+the key in the kernel's keyrings, vballoon bound, signed by it and
+following QMP; an unsigned vballoon and one signed with another key are
+refused; and at a boot where vballoon is refused (the key not enrolled, an
+unsigned module in its place) udev binds virtio_balloon and the install
+rule logs modprobe's error.
+
 Output is TAP; the last line is "N passed, N failed".  See
 selftests/README.md and Documentation/installation.rst.
 """
@@ -35,15 +48,18 @@ import argparse
 import dataclasses
 import fcntl
 import hashlib
+import inspect
 import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
@@ -51,9 +67,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vbtest import initramfs, tap  # noqa: E402
 from vbtest.guest import GuestDead, GuestError  # noqa: E402
-from vbtest.qmp import QMPError  # noqa: E402
+from vbtest.qmp import BALLOON_QOM, QMPError  # noqa: E402
 from vbtest.platform import VB_CACHE, X86_64  # noqa: E402
-from vbtest.vm import VM, VMConfig, boot, console_problems, probe_kvm  # noqa: E402
+from vbtest.vm import BASE_CMDLINE, VM, VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "distro"
@@ -1130,6 +1146,479 @@ class UpgradeGuest(DistroGuest):
         self.follows(note)
 
 
+# -- Secure Boot: a Debian 12 guest booted by OVMF through shim ----------------
+# The guest boots as a Secure Boot machine does: OVMF with Microsoft's keys,
+# Debian's signed shim, GRUB and kernel from an EFI system partition, the
+# kernel in lockdown. What the kernel trusts beyond Debian's own key is the
+# MOK list that shim hands it, so the DKMS key goes there.
+SB_SUITE = "bookworm"
+SB_DEBOOTSTRAP = ["--variant=minbase", "--include=kmod,udev"]
+SB_PACKAGES = ["linux-image-amd64", "linux-headers-amd64", "dkms", "shim-signed",
+               "grub-efi-amd64-signed", "mokutil", "keyutils", "openssl"]
+# A lean initramfs (the disk driver and ext4), written before the kernel is
+# installed; dpkg without fsync, as for the upgrade guest.
+SB_CONFIG = {
+    "etc/dpkg/dpkg.cfg.d/unsafe-io": "force-unsafe-io\n",
+    "etc/initramfs-tools/conf.d/modules-list": "MODULES=list\n",
+    "etc/initramfs-tools/modules": "virtio_pci\nvirtio_blk\next4\n",
+}
+SB_CACHE = VB_CACHE / "secureboot"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+SB_ESP_MIB = 64
+SB_BOOT_TIMEOUT = 600
+# DKMS 3.0's key (dkms creates it at the first build) and its subject.
+DKMS_KEY = "/var/lib/dkms/mok.pub"
+# Outside DKMS: built from the DKMS sources in the chroot, unsigned, and a
+# copy signed with a key made for the test and never enrolled.
+SB_UNSIGNED = "/root/vballoon-unsigned.ko"
+SB_OTHERKEY = "/root/vballoon-otherkey.ko"
+SHIM_LOCK_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"
+EFI_CERT_X509_GUID = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072"
+AUTH_VAR_STORE_GUID = "aaf32c78-947b-439a-a180-2e144ec37792"
+LOG_FAILED = LOG_TAG + "vballoon failed to load"
+# What insmod/modprobe and the kernel say of a refused module.
+REFUSED = "Key was rejected by service"
+REFUSED_UNSIGNED = "Loading of unsigned module is rejected"
+REFUSED_KEY = "Loading of module with unavailable key is rejected"
+
+
+def keep_newest(pattern, keep):
+    """Remove the cached files or directories of pattern but keep."""
+    for old in SB_CACHE.glob(pattern):
+        if old != keep:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def ensure_sb_rootfs(note, mirror):
+    """$VB_CACHE/secureboot/rootfs-KEY.tar: debootstrap bookworm with the
+    signed boot chain, the kernel, its headers, dkms and mokutil. KEY hashes
+    what goes in; the archive moving on does not rebuild it."""
+    how = " ".join(SB_DEBOOTSTRAP + [SB_SUITE, "+"] + SB_PACKAGES) + \
+        repr(sorted(SB_CONFIG.items()))
+    key = hashlib.sha256(how.encode()).hexdigest()[:16]
+    tar = SB_CACHE / f"rootfs-{key}.tar"
+    if tar.exists():
+        note(f"cached {tar}")
+        return tar
+    SB_CACHE.mkdir(parents=True, exist_ok=True)
+    mirror = mirror or apt_mirror(SB_SUITE)
+    log = SB_CACHE / "rootfs.log"
+    log.write_text("")
+    tmp = SB_CACHE / "rootfs.tmp"
+    umount_under(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.monotonic()
+    sh(["debootstrap", *SB_DEBOOTSTRAP, SB_SUITE, tmp, mirror], log=log)
+    t1 = time.monotonic()
+    (tmp / "etc/apt/sources.list").write_text(f"deb {mirror} {SB_SUITE} main\n")
+    (tmp / "etc/apt/apt.conf.d/90vballoon").write_text(
+        'APT::Install-Recommends "false";\nAcquire::Languages "none";\n')
+    (tmp / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
+    os.chmod(tmp / "usr/sbin/policy-rc.d", 0o755)
+    for path, text in SB_CONFIG.items():
+        (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / path).write_text(text)
+    in_chroot(tmp, "apt-get update -q && apt-get install -y -q " + " ".join(SB_PACKAGES)
+              + " && apt-get clean", log)
+    (tmp / "usr/sbin/policy-rc.d").unlink()
+    sh(["tar", "--numeric-owner", "-C", tmp, "-cf", f"{tar}.tmp", "."])
+    os.replace(f"{tar}.tmp", tar)
+    shutil.rmtree(tmp)
+    keep_newest("rootfs-*.tar", tar)
+    note(f"debootstrap {SB_SUITE} {mirror}: {t1 - t0:.0f} s; {' '.join(SB_PACKAGES)}: "
+         f"{time.monotonic() - t1:.0f} s; {tar.stat().st_size >> 20} MiB")
+    return tar
+
+
+def make_gpt_disk(out, esp, root):
+    """A GPT disk image: the EFI system partition esp, then the root file
+    system root (both file system images)."""
+    mib = 1 << 20
+    esp_mib, root_mib = esp.stat().st_size // mib, -(-root.stat().st_size // mib)
+    with open(out, "wb") as f:
+        f.truncate((1 + esp_mib + root_mib + 1) * mib)
+    table = ("label: gpt\n"
+             f"start=2048, size={esp_mib * 2048}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, "
+             "name=esp\n"
+             f"start={(1 + esp_mib) * 2048}, size={root_mib * 2048}, "
+             "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n")
+    sh(["sfdisk", "-q", out], input=table)
+    for img, start in ((esp, 1), (root, 1 + esp_mib)):
+        sh(["dd", f"if={img}", f"of={out}", "bs=1M", f"seek={start}", "conv=notrunc,sparse",
+            "status=none"])
+
+
+def ensure_sb_image(note, tar, deb, agent):
+    """$VB_CACHE/secureboot/image-KEY/: disk.img (the ESP with shim, GRUB and
+    a grub.cfg, the root file system with the package installed: DKMS built
+    and signed vballoon in the chroot, making its key), mok.der (that key)
+    and kver. KEY hashes everything that goes in."""
+    key = hashlib.sha256("\0".join(
+        [tar.name, sha256(deb), sha256(agent), (HERE / "rootfs-init.sh").read_text(),
+         inspect.getsource(ensure_sb_image), inspect.getsource(make_gpt_disk)]
+    ).encode()).hexdigest()[:16]
+    out = SB_CACHE / f"image-{key}"
+    if (out / "disk.img").exists():
+        note(f"cached {out}")
+        return out
+    t0 = time.monotonic()
+    log = SB_CACHE / "image.log"
+    log.write_text("")
+    tmp = SB_CACHE / "image.tmp"
+    root = tmp / "root"
+    umount_under(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        sh(["tar", "--numeric-owner", "-C", root, "-xf", tar])
+        # build is an absolute link: it resolves inside the chroot only
+        kvers = [p.name for p in (root / "usr/lib/modules").iterdir()
+                 if (p / "build").is_symlink()]
+        check(len(kvers) == 1, f"kernels with headers in the image: {kvers}")
+        kver = kvers[0]
+        shutil.copy2(deb, root / "tmp" / deb.name)
+        out_ = in_chroot(root, f"apt-get install -y -q /tmp/{deb.name} && rm /tmp/{deb.name}"
+                         " && dkms status vballoon", log)
+        note("in the chroot: " + "; ".join(
+            l.strip() for l in out_.splitlines()
+            if l.startswith("vballoon/") or "Signing" in l or "MOK" in l or "key" in l))
+        check(re.search(rf"^vballoon/\S+, {re.escape(kver)}, x86_64: installed", out_, re.M),
+              f"DKMS did not install vballoon for {kver} in the chroot:\n{out_}")
+        check((root / DKMS_KEY.lstrip("/")).exists(), f"DKMS made no {DKMS_KEY}")
+        # The module outside DKMS: kbuild's "modules" signs nothing.
+        k = shlex.quote(kver)
+        in_chroot(root, f"cp -r /usr/src/vballoon-* /root/vb-build && "
+                  f"make -C /lib/modules/{k}/build M=/root/vb-build modules && "
+                  f"cp /root/vb-build/vballoon.ko {SB_UNSIGNED} && "
+                  f"cp /root/vb-build/vballoon.ko {SB_OTHERKEY} && rm -rf /root/vb-build && "
+                  "openssl req -new -x509 -nodes -days 36500 -newkey rsa:2048 "
+                  "-subj '/CN=vballoon selftest key, not enrolled/' "
+                  "-keyout /root/otherkey.priv -outform DER -out /root/otherkey.der && "
+                  f"/usr/lib/linux-kbuild-{k.rsplit('.', 1)[0]}/scripts/sign-file sha256 "
+                  f"/root/otherkey.priv /root/otherkey.der {SB_OTHERKEY}", log)
+        out.mkdir(exist_ok=True)
+        shutil.copy2(root / DKMS_KEY.lstrip("/"), out / "mok.der")
+        shutil.copy2(agent, root / "usr/local/sbin/vb-agent")
+        shutil.copy2(HERE / "rootfs-init.sh", root / "usr/sbin/vb-init")
+        os.chmod(root / "usr/sbin/vb-init", 0o755)
+        (root / "etc/hostname").write_text("vballoon-secureboot\n")
+        # The removable media path: with no boot entry in its variables,
+        # OVMF starts EFI/BOOT/BOOTX64.EFI, shim then grubx64.efi beside it,
+        # and the signed GRUB reads EFI/debian/grub.cfg.
+        esp = tmp / "esp"
+        for d in ("EFI/BOOT", "EFI/debian"):
+            (esp / d).mkdir(parents=True)
+        for src, dst in (("usr/lib/shim/shimx64.efi.signed", "EFI/BOOT/BOOTX64.EFI"),
+                         ("usr/lib/shim/mmx64.efi.signed", "EFI/BOOT/mmx64.efi"),
+                         ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+                          "EFI/BOOT/grubx64.efi")):
+            shutil.copy2(root / src, esp / dst)
+        cmdline = (f"root=/dev/vda2 rw init=/usr/sbin/vb-init console=ttyS0,115200 "
+                   f"{BASE_CMDLINE}")
+        cfg = (f"set timeout=0\nset root=(hd0,gpt2)\n"
+               f"linux /boot/vmlinuz-{kver} {cmdline}\ninitrd /boot/initrd.img-{kver}\nboot\n")
+        for d in ("EFI/BOOT", "EFI/debian"):
+            (esp / d / "grub.cfg").write_text(cfg)
+        sh(["mkfs.vfat", "-C", "-n", "ESP", tmp / "esp.img", SB_ESP_MIB * 1024], log=log)
+        sh(["mcopy", "-s", "-i", tmp / "esp.img", esp / "EFI", "::/"], log=log)
+        used = int(sh(["du", "-sxm", root]).split()[0])
+        sh(["mkfs.ext4", "-q", "-F", "-L", "vbroot", "-d", root, tmp / "root.img",
+            f"{used + 1024}M"], log=log)
+        make_gpt_disk(out / "disk.tmp", tmp / "esp.img", tmp / "root.img")
+        (out / "kver").write_text(kver + "\n")
+        os.replace(out / "disk.tmp", out / "disk.img")
+        keep_newest("image-*", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    note(f"{out.name}: {kver}, {used} MiB of files, built in {time.monotonic() - t0:.1f} s")
+    return out
+
+
+def efi_guid(text):
+    return uuid.UUID(text).bytes_le
+
+
+def add_moklist(src, dst, der):
+    """Copy the OVMF variable store src to dst with MokList holding the X.509
+    certificate der: what MokManager writes once a person confirms
+    "mokutil --import". Non-volatile and boot-service only: shim deletes a
+    MokList that the OS could have written (runtime access)."""
+    fd = bytearray(Path(src).read_bytes())
+    check(fd[40:44] == b"_FVH", f"{src}: no firmware volume header")
+    store = struct.unpack_from("<H", fd, 48)[0]
+    check(fd[store:store + 16] == efi_guid(AUTH_VAR_STORE_GUID),
+          f"{src}: no authenticated variable store after the volume header")
+    end = store + struct.unpack_from("<I", fd, store + 16)[0]
+    name = "MokList\0".encode("utf-16-le")
+    cert = Path(der).read_bytes()
+    # EFI_SIGNATURE_LIST of one EFI_SIGNATURE_DATA (owner GUID + cert)
+    esl = efi_guid(EFI_CERT_X509_GUID) + struct.pack("<III", 28 + 16 + len(cert), 0,
+                                                     16 + len(cert)) + \
+        efi_guid(SHIM_LOCK_GUID) + cert
+    off = store + 28
+    while off + 60 <= end and struct.unpack_from("<H", fd, off)[0] == 0x55AA:
+        nsize, dsize = struct.unpack_from("<II", fd, off + 36)
+        check(not (fd[off + 2] == 0x3F and fd[off + 60:off + 60 + nsize] == name),
+              f"{src} already has a MokList")
+        off = (off + 60 + nsize + dsize + 3) & ~3
+    # AUTHENTICATED_VARIABLE_HEADER: StartId, State (added), Attributes
+    # (NV|BS), MonotonicCount, TimeStamp, PubKeyIndex, NameSize, DataSize,
+    # VendorGuid; then the name and the data.
+    var = struct.pack("<HBBIQ16sIII", 0x55AA, 0x3F, 0, 0x3, 0, bytes(16), 0,
+                      len(name), len(esl)) + efi_guid(SHIM_LOCK_GUID) + name + esl
+    check(off + len(var) <= end and fd[off:off + len(var)] == b"\xff" * len(var),
+          f"{src}: no room for MokList at {off:#x}")
+    fd[off:off + len(var)] = var
+    Path(dst).write_bytes(fd)
+    return dst
+
+
+class FirmwareVM(VM):
+    """A guest booted by OVMF from its disk (q35, SMM, secure flash)."""
+
+    def __init__(self, config, workdir, accel, disk, varstore):
+        super().__init__("", None, config, workdir, accel)
+        self.plat = X86_64
+        self.disk, self.varstore = disk, varstore
+
+    def argv(self):
+        c, p = self.config, self.plat
+        accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,thread=single"]
+        dev = ",".join(["virtio-balloon-pci", "id=balloon0"] +
+                       [f"{k}={v}" for k, v in c.device])
+        return [p.qemu, "-machine", "q35,smm=on", *accel, "-cpu", "max",
+                "-global", "driver=cfi.pflash01,property=secure,value=on",
+                "-global", "ICH9-LPC.disable_s3=1",
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.varstore}",
+                "-m", f"{self.ram_kib}K", "-smp", str(c.smp),
+                "-name", "vbtest-sb,debug-threads=on",
+                "-display", "none", "-nodefaults", "-no-user-config",
+                "-no-reboot", "-monitor", "none",
+                "-chardev", f"file,id=con,path={self.console.path}",
+                "-serial", "chardev:con",
+                *p.agent_args(f"{self.sockdir}/agent.sock"),
+                "-qmp", f"unix:{self.sockdir}/qmp.sock,server=on,wait=off",
+                "-drive", f"file={self.disk},if=virtio,format=qcow2",
+                "-device", dev, *c.qemu_args]
+
+
+class SecureBootGuest(UpgradeGuest):
+    """The Secure Boot guest: its disk a qcow2 over the cached image, its
+    variable store OVMF's with Microsoft's keys and the DKMS key in MokList."""
+
+    def __init__(self, run, image, accel):
+        self.run, self.accel = run, accel
+        self.kver = (image / "kver").read_text().strip()
+        self.dir = run / "secureboot"
+        self.dir.mkdir()
+        self.disk = self.dir / "disk.qcow2"
+        sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+            image / "disk.img", self.disk])
+        self.mok = image / "mok.der"
+        self.varstore = add_moklist(OVMF_VARS, self.dir / "OVMF_VARS.fd", self.mok)
+        self.config = VMConfig.make(mem=GUEST_MIB, smp=2)
+        self.vm = None
+        self.boots = 0
+        self.boot_times = []
+        self.full = GUEST_MIB * MiB
+        self.memtotal0 = None
+
+    def boot(self, note, varstore=None):
+        """Boot from the disk; varstore: a pristine store to copy instead
+        of the one with MokList."""
+        self.stop()
+        self.boots += 1
+        t0 = time.monotonic()
+        store = self.varstore
+        if varstore is not None:
+            store = Path(shutil.copy2(varstore, self.dir / f"boot{self.boots}-VARS.fd"))
+        vm = FirmwareVM(self.config, self.dir / f"boot{self.boots}", self.accel,
+                        self.disk, store)
+        if not vm.start(timeout=SB_BOOT_TIMEOUT):
+            vm.stop()
+            raise Fail(f"boot {self.boots} did not reach the agent in {SB_BOOT_TIMEOUT} s; "
+                       f"console (in {vm.workdir}):\n" + "\n".join(vm.console.tail(TAIL)))
+        self.vm = vm
+        secs = time.monotonic() - t0
+        self.boot_times.append(secs)
+        g = vm.guest
+        g.check("mountpoint -q /sys/kernel/security || "
+                "mount -t securityfs securityfs /sys/kernel/security; "
+                "mountpoint -q /sys/firmware/efi/efivars || "
+                "mount -t efivarfs efivarfs /sys/firmware/efi/efivars")
+        up = float(g.check("cut -d' ' -f1 /proc/uptime").split()[0])
+        coldplug = re.findall(r"init: .* coldplugged in .*", vm.console.text())
+        note(f"boot {self.boots}: firmware to agent {secs:.1f} s (kernel up {up:.1f} s, "
+             f"so firmware, shim and GRUB {secs - up:.1f} s); "
+             + (coldplug[-1] if coldplug else ""))
+        return vm
+
+    def dmesg(self, pattern):
+        return [l for l in self.vm.guest.check("dmesg").splitlines()
+                if re.search(pattern, l)]
+
+    # -- steps --------------------------------------------------------------
+    def step_sb_state(self, note):
+        """Secure Boot is on and the kernel is locked down."""
+        self.boot(note)
+        g = self.vm.guest
+        con = self.vm.console.text()
+        state = g.check("mokutil --sb-state 2>&1").strip()
+        lockdown = g.read("/sys/kernel/security/lockdown").strip()
+        lines = self.dmesg(r"[Ss]ecure ?[Bb]oot|[Ll]ockdown|locked down")
+        note(f"mokutil --sb-state: {state!r}; /sys/kernel/security/lockdown: {lockdown!r}")
+        note("dmesg: " + " | ".join(l.strip() for l in lines))
+        check(state == "SecureBoot enabled", f"mokutil --sb-state: {state!r}")
+        check(re.search(r"\[(integrity|confidentiality)\]", lockdown),
+              f"the kernel is not locked down: {lockdown!r}")
+        check(any("Secure boot enabled" in l for l in lines),
+              "the kernel log does not say 'Secure boot enabled'")
+        # The chain on the console: the firmware starts the removable path
+        # (shim), GRUB, the kernel's EFI stub, and shim's MOK table is there.
+        chain = ["BdsDxe: starting Boot", "Welcome to GRUB!",
+                 "EFI stub: UEFI Secure Boot is enabled.", "MOKvar="]
+        missing = [c for c in chain if c not in con]
+        check(not missing, f"the console lacks {missing}")
+        self.console_clean()
+
+    def step_mok(self, note):
+        """The DKMS key reached the kernel through shim's MOK list."""
+        g = self.require_vm().guest
+        test = g.run(f"mokutil --test-key {DKMS_KEY} 2>&1")[1].strip()
+        subject = g.check(f"openssl x509 -inform DER -in {DKMS_KEY} -noout -subject").strip()
+        cn = re.sub(r"^subject=\s*(CN\s*=\s*)?", "", subject)
+        loaded = self.dmesg(r"Loaded X\.509 cert|MokListRT")
+        keys = g.run("for k in .machine .platform .secondary_trusted_keys; do "
+                     "echo \"$k: $(keyctl list %:$k 2>&1 | tr '\\n' ' ')\"; done")[1]
+        note(f"mokutil --test-key {DKMS_KEY}: {test!r}; {subject}")
+        note("dmesg: " + " | ".join(l.strip() for l in loaded))
+        note("keyrings: " + " | ".join(keys.splitlines()))
+        check(test.endswith("is already enrolled"), f"mokutil --test-key: {test!r}")
+        check(any(f"Loaded X.509 cert '{cn}" in l for l in loaded),
+              f"the kernel log has no \"Loaded X.509 cert '{cn}...\"")
+        check(cn in keys, f"no keyring holds '{cn}':\n{keys}")
+        self.cn = cn
+
+    def step_sb_autoload(self, note):
+        """udev loaded the DKMS-built vballoon; its signer is the DKMS key."""
+        g = self.require_vm().guest
+        mods, dev, drv = self.balloon_state()
+        log = self.kernel_log()
+        info = {f: g.check(f"modinfo -F {f} vballoon").strip()
+                for f in ("filename", "signer", "sig_key", "sig_hashalgo")}
+        taint = int(g.read("/proc/sys/kernel/tainted").strip())
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; kernel log: {log}")
+        note(f"modinfo vballoon: {info}; tainted {taint}")
+        check(mods == ["vballoon"] and drv == "vballoon",
+              f"udev did not bind vballoon: loaded {mods}, {dev}/driver -> {drv}")
+        check(log == [LOG_VBALLOON], f"the kernel log has {log}, want [{LOG_VBALLOON!r}]")
+        check(info["filename"].startswith(f"/lib/modules/{self.kver}/updates/dkms/"),
+              f"the guest's vballoon is {info['filename']}, not the DKMS module")
+        check(info["signer"] == getattr(self, "cn", "DKMS module signing key"),
+              f"modinfo -F signer vballoon: {info['signer']!r}")
+        # TAINT_UNSIGNED_MODULE (E, bit 13): a module loaded unverified
+        check(not taint & (1 << 13), f"the kernel is tainted {taint}: an unsigned module")
+
+    def step_sb_balloon(self, note):
+        """The balloon follows QMP (actual, MemTotal, sysfs) and serves
+        statistics to a polling host."""
+        vm = self.require_vm()
+        g = vm.guest
+        self.follows(note)
+        bal = f"{g.sysfs_balloon_dev()}/balloon"
+        sysfs = {f: int(g.read(f"{bal}/{f}").strip()) for f in ("target_bytes", "actual_bytes")}
+        note(f"sysfs: {sysfs}")
+        want = INFLATE_MIB * MiB
+        check(sysfs == {"target_bytes": want, "actual_bytes": want},
+              f"sysfs has {sysfs}, want {want} in the balloon")
+        n0 = int(g.read(f"{bal}/stats_requests").strip())
+        vm.qmp.qom_set(BALLOON_QOM, "guest-stats-polling-interval", 1)
+        try:
+            deadline, last, updates = time.monotonic() + 60, 0, 0
+            while updates < 3 and time.monotonic() < deadline:
+                st = vm.qmp.qom_get(BALLOON_QOM, "guest-stats")
+                if st["last-update"] > last:
+                    last, updates = st["last-update"], updates + 1
+                time.sleep(0.5)
+        finally:
+            vm.qmp.qom_set(BALLOON_QOM, "guest-stats-polling-interval", 0)
+        check(updates >= 3, f"guest-stats updated {updates} times in 60 s")
+        total = st["stats"]["stat-total-memory"] // 1024
+        memtotal = g.meminfo()["MemTotal"]
+        n = int(g.read(f"{bal}/stats_requests").strip()) - n0
+        note(f"guest-stats: {updates} updates, stat-total-memory {total} kB, MemTotal "
+             f"{memtotal} kB; stats_requests +{n}")
+        check(abs(total - memtotal) <= 1024, f"stat-total-memory {total} kB, MemTotal "
+              f"{memtotal} kB")
+        check(n >= updates, f"stats_requests rose by {n} for {updates} updates")
+        vm.qmp.balloon(self.full)
+        vm.qmp.wait_actual(self.full, timeout=120)
+
+    def refused(self, note, ko, want, why):
+        """insmod ko fails with want; the kernel log says why."""
+        g = self.require_vm().guest
+        mark = len(g.check("dmesg").splitlines())
+        rc, out = g.run(f"insmod {ko} 2>&1")
+        new = g.check("dmesg").splitlines()[mark:]
+        signer = g.run(f"modinfo -F signer {ko}")[1].strip()
+        note(f"insmod {ko} (signer {signer!r}): exit {rc}: {out.strip()}")
+        note("dmesg: " + " | ".join(l.strip() for l in new))
+        check(rc != 0, f"insmod {ko} succeeded")
+        check(want in out, f"insmod {ko}: {out.strip()!r}, want {want!r}")
+        check(any(l.endswith(why) for l in new),
+              f"the kernel log does not say {why!r}:\n" + "\n".join(new))
+        mods, dev, drv = self.balloon_state()
+        check(drv == "vballoon", f"{dev} is bound to {drv} after the refused insmod")
+        self.console_clean()
+        return out.strip(), new
+
+    def step_unsigned(self, note):
+        self.refused(note, SB_UNSIGNED, REFUSED, REFUSED_UNSIGNED)
+
+    def step_otherkey(self, note):
+        self.refused(note, SB_OTHERKEY, REFUSED, REFUSED_KEY)
+
+    def fallback(self, note, why):
+        """vballoon refused at boot (the kernel log says why): udev bound
+        virtio_balloon through the install rule, which logged modprobe's
+        error, and the balloon follows QMP."""
+        mods, dev, drv = self.balloon_state()
+        log = self.kernel_log()
+        seen = self.dmesg(re.escape(why))
+        note(f"loaded: {mods}; {dev}/driver -> {drv}; kernel log: {log}")
+        note("dmesg: " + " | ".join(l.strip() for l in seen))
+        check(mods == ["virtio_balloon"] and drv == "virtio_balloon",
+              f"udev did not bind virtio_balloon: loaded {mods}, {dev}/driver -> {drv}")
+        check(seen, f"the kernel log does not say {why!r}")
+        want = f"{LOG_FAILED} (ERROR: could not insert 'vballoon': {REFUSED}): " \
+            "loading virtio_balloon"
+        check(log == [want], f"the kernel log has {log}, want [{want!r}]")
+        self.follows(note)
+
+    def step_not_enrolled(self, note):
+        """The administrator skipped mokutil --import: the variable store
+        without MokList. The DKMS-signed vballoon is refused."""
+        self.shutdown()
+        self.boot(note, OVMF_VARS)
+        g = self.vm.guest
+        test = g.run(f"mokutil --test-key {DKMS_KEY} 2>&1")[1].strip()
+        note(f"mokutil --test-key {DKMS_KEY}: {test!r}")
+        check(test.endswith("is not enrolled"), f"mokutil --test-key: {test!r}")
+        self.fallback(note, REFUSED_KEY)
+
+    def step_refused_boot(self, note):
+        """An unsigned vballoon where DKMS put the signed one: refused at
+        boot, and udev binds virtio_balloon through the install rule."""
+        vm = self.require_vm()
+        vm.guest.check(f"cp {SB_UNSIGNED} /lib/modules/{self.kver}/updates/dkms/vballoon.ko"
+                       " && depmod && sync", timeout=300)
+        self.shutdown()
+        self.boot(note)
+        self.fallback(note, REFUSED_UNSIGNED)
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1150,6 +1639,10 @@ def parse_args():
                         "(default with DISTRO_UPGRADE=1 in the environment)")
     p.add_argument("--upgrade-only", action="store_true",
                    help="only the package build and the Debian 13 upgrade guest")
+    p.add_argument("--no-secureboot", action="store_true",
+                   help="skip the Secure Boot guest (OVMF, shim, the DKMS key in MokList)")
+    p.add_argument("--secureboot-only", action="store_true",
+                   help="only the package build and the Secure Boot guest")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every step's notes and timing")
@@ -1168,8 +1661,11 @@ def main():
 
     BUILD.mkdir(parents=True, exist_ok=True)
     # One run at a time per machine: the package is installed system-wide.
+    # The Secure Boot guest alone installs nothing here; its cache has a
+    # lock of its own.
     lockdir = Path("/run/lock") if Path("/run/lock").is_dir() else BUILD
-    lock = open(lockdir / "vballoon-distro-test.lock", "w")
+    lock = open(lockdir / ("vballoon-sb-test.lock" if args.secureboot_only
+                           else "vballoon-distro-test.lock"), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -1218,7 +1714,7 @@ def main():
     # guests' preparation makes one (it needs the host's module).
     accel_box = {"accel": args.accel}
     accel_known = threading.Event()
-    if args.accel or args.upgrade_only:
+    if args.accel or args.upgrade_only or args.secureboot_only:
         accel_known.set()
 
     def prepare_and_probe(note):
@@ -1240,6 +1736,43 @@ def main():
         progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
         image = ensure_upgrade_image(note, rootfs, pkg.deb, progs["agent"])
         return image, rootfs[2:]
+
+    def prepare_secureboot(note):
+        check(pkg.deb.exists(), "no package was built (distro/deb-build failed)")
+        for f in (OVMF_CODE, OVMF_VARS):
+            check(f.exists(), f"no {f} (package ovmf): run make deps")
+        SB_CACHE.mkdir(parents=True, exist_ok=True)
+        with open(SB_CACHE / "lock", "w") as cache_lock:
+            fcntl.flock(cache_lock, fcntl.LOCK_EX)
+            tar = ensure_sb_rootfs(note, args.mirror)
+            progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
+            return ensure_sb_image(note, tar, pkg.deb, progs["agent"])
+
+    def secureboot_side():
+        """The Secure Boot guest: its image made beside the rest, its boots
+        in a slot of the Debian 12 guests'."""
+        image = tap.step("distro/secureboot/image", prepare_secureboot)
+        accel_known.wait()
+        steps = [("sb-state", "step_sb_state"), ("mok-enrolled", "step_mok"),
+                 ("udev-autoload", "step_sb_autoload"),
+                 ("balloon-stats", "step_sb_balloon"),
+                 ("unsigned-refused", "step_unsigned"),
+                 ("otherkey-refused", "step_otherkey"),
+                 ("not-enrolled-fallback", "step_not_enrolled"),
+                 ("unsigned-at-boot-fallback", "step_refused_boot")]
+        guest = None
+        if image:
+            try:
+                guest = SecureBootGuest(run, image, accel_box["accel"] or "tcg")
+                guests.append(guest)
+            except Exception as e:
+                tap.diag(f"secureboot: cannot set up the guest: {e}")
+        with slots:
+            run_steps("distro/secureboot", guest, steps,
+                      "no guest to run in (see distro/secureboot/image)")
+        if guest and guest.boot_times:
+            tap.diag("secureboot: firmware to agent " +
+                     ", ".join(f"{t:.0f} s" for t in guest.boot_times))
 
     def upgrade_side():
         """The Debian 13 guest: prepared beside the rest, then booted one
@@ -1310,12 +1843,16 @@ def main():
     # The upgrade's chain starts once the package exists and runs beside
     # all of that.
     upgrade = None
+    side = [upgrade_side] if upgrading else []
+    if args.secureboot_only or not (args.no_boot or args.no_secureboot or
+                                    args.upgrade_only):
+        side.append(secureboot_side)
     try:
         tap.step("distro/deb-build", pkg.build)
-        if upgrading:
-            upgrade = threading.Thread(target=upgrade_side, daemon=True)
+        if side:
+            upgrade = threading.Thread(target=lambda: parallel(*side), daemon=True)
             upgrade.start()
-        if not args.upgrade_only:
+        if not (args.upgrade_only or args.secureboot_only):
             tap.step("distro/lintian", pkg.lintian)
             tap.step("distro/deb-install", pkg.install)
             prepared = []
