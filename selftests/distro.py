@@ -9,7 +9,7 @@ every kernel with headers), check dkms status and modinfo, purge it and check
 that nothing is left; then make install / make uninstall for every kernel.
 
 In QEMU: a Debian 12 root file system (debootstrap minbase + kmod + udev,
-cached in build/distro/) with the kernel's own modules, the DKMS-built
+cached in $VB_CACHE/distro/) with the kernel's own modules, the DKMS-built
 vballoon.ko in updates/dkms and the package's modprobe.d file, booted with
 its own udev. udev must load vballoon and not virtio_balloon, the balloon
 must follow QMP, "modprobe -r vballoon" must give a full balloon back, and
@@ -21,7 +21,7 @@ QMP, and the kernel log must say why.
 
 With --upgrade (DISTRO_UPGRADE=1; --upgrade-only for this part alone): a
 Debian 13 guest (debootstrap trixie with its 6.12 kernel, headers and dkms,
-the package installed in a chroot of it, cached in build/distro/) boots its
+the package installed in a chroot of it, cached in $VB_CACHE/distro/) boots its
 own kernel and initramfs, then apt installs trixie-backports' 7.x kernel and
 headers from a local repository in the image, offline: DKMS must build
 vballoon in the kernel's postinst, and the 7.x boot must bind vballoon.
@@ -74,6 +74,8 @@ from vbtest.vm import BASE_CMDLINE, VM, VMConfig, boot, console_problems, probe_
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent / "distro"
 BUILD = REPO / "build" / "distro"
+# Root file systems and images outlive the clone, as the kernels do.
+CACHE = VB_CACHE / "distro"
 PKG = "vballoon-dkms"
 SUITE = "bookworm"
 DEBOOTSTRAP = ["--variant=minbase", "--include=kmod,udev"]
@@ -464,20 +466,20 @@ def umount_under(path):
 
 
 def ensure_rootfs(note, mirror):
-    """build/distro/rootfs-bookworm.tar: made by debootstrap once, then reused."""
-    BUILD.mkdir(parents=True, exist_ok=True)
-    tar = BUILD / f"rootfs-{SUITE}.tar"
+    """$VB_CACHE/distro/rootfs-bookworm.tar: made by debootstrap once, then reused."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tar = CACHE / f"rootfs-{SUITE}.tar"
     how = " ".join(DEBOOTSTRAP + [SUITE])
-    stamp = BUILD / f"rootfs-{SUITE}.how"
+    stamp = CACHE / f"rootfs-{SUITE}.how"
     if tar.exists() and stamp.exists() and stamp.read_text().strip() == how:
-        note(f"cached {tar.relative_to(REPO)} (debootstrap {how})")
+        note(f"cached {tar} (debootstrap {how})")
         return tar
     mirror = mirror or apt_mirror(SUITE)
-    tmp = BUILD / f"rootfs-{SUITE}.tmp"
+    tmp = CACHE / f"rootfs-{SUITE}.tmp"
     umount_under(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
-    sh(["debootstrap", *DEBOOTSTRAP, SUITE, tmp, mirror], log=BUILD / "debootstrap.log")
+    sh(["debootstrap", *DEBOOTSTRAP, SUITE, tmp, mirror], log=CACHE / "debootstrap.log")
     for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
     sh(["tar", "--numeric-owner", "-C", tmp, "-cf", f"{tar}.tmp", "."])
@@ -808,7 +810,7 @@ def cached_abi():
 
 
 def ensure_trixie_rootfs(note, mirror):
-    """build/distro/rootfs-trixie.tar: debootstrap trixie with its 6.12 kernel,
+    """$VB_CACHE/distro/rootfs-trixie.tar: debootstrap trixie with its 6.12 kernel,
     headers and dkms, and in /srv/repo the trixie-backports kernel (image and
     headers) plus its cloud flavour (no headers), with everything they pull
     that is not installed. apt's only source is then that repository.
@@ -816,8 +818,8 @@ def ensure_trixie_rootfs(note, mirror):
     Made once, and again when scripts/kernels.sh has followed the archive to
     another 7.x ABI, so the test needs the network only when the archive moved.
     """
-    tar = BUILD / f"rootfs-{UP_SUITE}.tar"
-    stamp = BUILD / f"rootfs-{UP_SUITE}.how"
+    tar = CACHE / f"rootfs-{UP_SUITE}.tar"
+    stamp = CACHE / f"rootfs-{UP_SUITE}.how"
     how = " ".join(UP_DEBOOTSTRAP + [UP_SUITE, "+"] + UP_PACKAGES +
                    [f"+ {UP_BACKPORTS} repo"])
     if tar.exists() and stamp.exists():
@@ -825,12 +827,12 @@ def ensure_trixie_rootfs(note, mirror):
         if lines[:1] == [how] and len(lines) == 3 and \
                 cached_abi() in (None, lines[1].split()[0]):
             abi, cloud = lines[1].split()
-            note(f"cached {tar.relative_to(REPO)} ({lines[2]}; repo: {abi}, {cloud})")
+            note(f"cached {tar} ({lines[2]}; repo: {abi}, {cloud})")
             return tar, stamp, abi, cloud, lines[2]
     mirror = mirror or apt_mirror("bookworm")
-    log = BUILD / f"rootfs-{UP_SUITE}.log"
+    log = CACHE / f"rootfs-{UP_SUITE}.log"
     log.write_text("")
-    tmp = BUILD / f"rootfs-{UP_SUITE}.tmp"
+    tmp = CACHE / f"rootfs-{UP_SUITE}.tmp"
     umount_under(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
@@ -892,7 +894,7 @@ def sha256(path):
 
 
 def ensure_upgrade_image(note, rootfs, deb, agent):
-    """build/distro/upgrade-KEY.img: the trixie root file system with the
+    """$VB_CACHE/distro/upgrade-KEY.img: the trixie root file system with the
     package installed, DKMS having built vballoon for 6.12 in a chroot as it
     would on the guest (the guest's own TCG time goes to the upgrade). KEY
     hashes everything that goes in; only the newest image is kept."""
@@ -902,14 +904,14 @@ def ensure_upgrade_image(note, rootfs, deb, agent):
         [stamp.read_text(), f"{st.st_size} {st.st_mtime_ns}", sha256(deb), sha256(agent),
          (HERE / "rootfs-init.sh").read_text(), repr(sorted(UP_CONFIG.items()))]
     ).encode()).hexdigest()[:16]
-    image = BUILD / f"upgrade-{key}.img"
+    image = CACHE / f"upgrade-{key}.img"
     if image.exists():
-        note(f"cached {image.relative_to(REPO)}")
+        note(f"cached {image}")
         return image
     t0 = time.monotonic()
-    log = BUILD / "upgrade-image.log"
+    log = CACHE / "upgrade-image.log"
     log.write_text("")
-    root = BUILD / "upgrade-root.tmp"
+    root = CACHE / "upgrade-root.tmp"
     umount_under(root)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
@@ -933,7 +935,7 @@ def ensure_upgrade_image(note, rootfs, deb, agent):
         tmp = image.with_suffix(".tmp")
         sh(["mkfs.ext4", "-q", "-F", "-L", "vbroot", "-d", root, tmp,
             f"{used + 2048}M"], log=log)
-        for old in BUILD.glob("upgrade-*.img"):
+        for old in CACHE.glob("upgrade-*.img"):
             old.unlink()
         os.replace(tmp, image)
     finally:
@@ -1660,6 +1662,7 @@ def main():
         return tap.summary(time.monotonic() - t_start)
 
     BUILD.mkdir(parents=True, exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     # One run at a time per machine: the package is installed system-wide.
     # The Secure Boot guest alone installs nothing here; its cache has a
     # lock of its own.
