@@ -177,6 +177,15 @@ static int vb_validate(struct virtio_device *vdev)
 	__virtio_clear_bit(vdev, VIRTIO_RING_F_INDIRECT_DESC);
 
 	/*
+	 * The hint queue wants no interrupt, but with EVENT_IDX a device
+	 * signals its first used buffer after each reset, and QEMU does so
+	 * from its hinting iothread without its big lock, racing the vCPUs
+	 * on the shared interrupt line. Without EVENT_IDX the flag holds.
+	 */
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		__virtio_clear_bit(vdev, VIRTIO_RING_F_EVENT_IDX);
+
+	/*
 	 * Nothing to tell the host if freed pages keep no known content. If
 	 * they do and the host cannot be told, reporting would let the host
 	 * change free pages under the guest's poison checks: go without it.

@@ -78,6 +78,11 @@ def case_bind(t):
     # up to 32 free pages held): the driver declines indirect descriptors
     t.check(not guest & virtio.bit("VIRTIO_RING_F_INDIRECT_DESC") or t.driver != "vballoon",
             "INDIRECT_DESC negotiated")
+    # with hinting, no EVENT_IDX: QEMU would signal the hint queue's first
+    # used buffer from its iothread, without its big lock
+    if t.driver == "vballoon" and offered & virtio.bit("VIRTIO_RING_F_EVENT_IDX"):
+        t.eq(bool(guest & virtio.bit("VIRTIO_RING_F_EVENT_IDX")),
+             not guest & virtio.bit("FREE_PAGE_HINT"), "EVENT_IDX negotiated")
     if offered & virtio.bit("VIRTIO_F_VERSION_1"):
         t.check(guest & virtio.bit("VIRTIO_F_VERSION_1"), "VERSION_1 offered but not accepted")
 

@@ -193,7 +193,8 @@ class VM:
             # The guest asks for no interrupt on that queue (it has no
             # callback: both drivers poll it), but with EVENT_IDX the
             # first used buffer still crosses used_event 0 and signals.
-            # Without EVENT_IDX the no-interrupt flag holds throughout.
+            # Without EVENT_IDX the no-interrupt flag holds throughout
+            # (vballoon declines it there; the in-tree driver does not).
             props.append("event_idx=off")
         dev = ",".join([balloon, "id=balloon0"] + props)
         agent_dev = "/dev/hvc0" if c.mmio else p.agent_dev
