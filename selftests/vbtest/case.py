@@ -241,7 +241,10 @@ class Context:
             self.eq(a[attr], vm[key] - v0[key], f"sysfs {attr} vs /proc/vmstat {key}")
         self.check(a["oom_deflated_pages"] + a["reserve_deflated_pages"]
                    <= a["deflated_pages"], f"deflate counters disagree: {a}")
-        # /proc/meminfo "Balloon:" (v6.16 on) counts every balloon's pages
+        # /proc/meminfo "Balloon:" (v6.16 on) counts every balloon's pages,
+        # a node statistic: fold the CPUs' pending deltas before reading it
+        # (the kernel does so only every second).
+        self.g.run("cat /proc/sys/vm/stat_refresh")
         mi = self.g.meminfo()
         if "Balloon" in mi and len(self.g.balloon_devs()) == 1:
             self.eq(mi["Balloon"], a["actual_pages"] * self.page // 1024,
