@@ -11,7 +11,8 @@
 #   make check-arm64      the arm64 cases on both arm64 flavours (16k, 4k)
 #   make check-debug      the x86 cases on a KASAN/lockdep/kmemleak/fault
 #                         injection 6.12 kernel built here (cached)
-#   make run              boot a throwaway guest and balloon it live
+#   make run              boot a throwaway guest and balloon it live (this
+#                         machine's newest kernel: no chroot, one build)
 #   make bench            in-tree driver and vballoon side by side
 #   make soak DURATION=30m  everything at once on every kernel, then a summary
 #   make lint             checkpatch, sparse and W=1 on every kernel
@@ -43,14 +44,18 @@ HOST_KERNELS = $(sort $(notdir $(patsubst %/build,%,$(wildcard /lib/modules/*/bu
 # from the cache of scripts/kernels.sh (VB_CACHE).
 VB_CACHE ?= /var/cache/vballoon
 export VB_CACHE
+# make run boots a kernel of this machine: alone, it does not even read
+# the chroots' records.
+ifneq ($(or $(MAKECMDGOALS),all),$(filter run run-demo,$(MAKECMDGOALS)))
 CHROOT_KERNELS := $(filter-out $(HOST_KERNELS),$(shell scripts/kernels.sh list 2>/dev/null))
+endif
 KERNELS = $(sort $(HOST_KERNELS) $(CHROOT_KERNELS))
 PYTHON ?= python3
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
 .PHONY: all modules clean all-kernels cross-arm64 check check-suite check-arm64 check-debug check-distro check-upgrade \
 	check-secureboot \
-	deps run \
+	deps run run-demo \
 	bench soak lint \
 	install uninstall dkms-source dkms-add dkms-remove deb
 
@@ -151,10 +156,20 @@ check-secureboot:
 	scripts/deps.sh --if-missing
 	$(PYTHON) selftests/distro.py --secureboot-only $(DISTRO_ARGS)
 
+# The newest kernel of this machine with headers and an image, the one
+# selftests/demo.py boots by default; RUN_KVER= picks another.
+RUN_KVER ?= $(shell printf '%s\n' $(foreach k,$(HOST_KERNELS),$(if $(wildcard \
+	/boot/vmlinuz-$(k)),$(k))) | sort -V | tail -n 1)
+# Only what the demo uses: host packages, no other suite's chroot, and the
+# module for the one kernel it boots. The demo runs in a make of its own,
+# which sees the kernels deps.sh has just installed.
 run:
-	scripts/deps.sh --if-missing
-	$(MAKE) all-kernels
-	$(PYTHON) selftests/demo.py $(RUN_ARGS)
+	scripts/deps.sh --if-missing --host-only
+	$(MAKE) run-demo
+
+run-demo: $(if $(RUN_KVER),build/$(RUN_KVER)/vballoon.ko)
+	$(if $(RUN_KVER),,$(error no kernel with headers and an image in /boot: run scripts/deps.sh --host-only))
+	$(PYTHON) selftests/demo.py --kernel $(RUN_KVER) $(RUN_ARGS)
 
 bench:
 	scripts/deps.sh --if-missing
