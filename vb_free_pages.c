@@ -38,27 +38,30 @@ static u32 vb_hint_cmd_id(struct vballoon *vb)
 	return h->cmd_id;
 }
 
-/* Detach what the host used; true if a block fits beside the stop id. */
+/*
+ * Take back what the host used: blocks carry no token of their own (a
+ * block may be back in the guest's hands before the host is done with
+ * it). Return: true if a block fits beside the stop id.
+ */
 static bool vb_hint_reap_locked(struct vb_hint *h)
 {
 	unsigned int len;
-	void *token;
 
 	lockdep_assert_held(&h->lock);
-	while ((token = virtqueue_get_buf(h->vq, &len))) {
-		if (token != &h->active && token != &h->stop)
-			list_move(&((struct page *)token)->lru, &h->used);
-	}
+	while (virtqueue_get_buf(h->vq, &len))
+		;
 	return h->vq->num_free > 1;
 }
 
 /*
- * Give up to @n hinted blocks back to the guest: used ones first, then,
- * unless @used_only, those still in the ring, which only a host that is
- * DONE, or a device reset, lets go of. Return: how many.
+ * Give up to @n hinted blocks back to the guest, oldest first (those the
+ * host has most likely used). The host only reads a hint, to skip a page
+ * it finds unchanged in its dirty log; a block written after the guest
+ * took it back is dirty again and migrates as any page: the guest may
+ * take back any block, whether the host has used it or not.
+ * Return: how many.
  */
-unsigned long vb_hint_release(struct vballoon *vb, unsigned long n,
-			      bool used_only)
+unsigned long vb_hint_release(struct vballoon *vb, unsigned long n)
 {
 	struct vb_hint *h = &vb->hint;
 	struct page *page, *tmp;
@@ -68,12 +71,8 @@ unsigned long vb_hint_release(struct vballoon *vb, unsigned long n,
 	spin_lock(&h->lock);
 	if (h->vq)
 		vb_hint_reap_locked(h);
-	while (done < n && !list_empty(&h->used)) {
-		list_move(h->used.next, &list);
-		done++;
-	}
-	while (!used_only && done < n && !list_empty(&h->ring)) {
-		list_move(h->ring.next, &list);
+	while (done < n && !list_empty(&h->blocks)) {
+		list_move_tail(h->blocks.next, &list);
 		done++;
 	}
 	WRITE_ONCE(h->nr_blocks, h->nr_blocks - done);
@@ -106,8 +105,7 @@ static unsigned long vb_hint_scan(struct shrinker *shrinker,
 	 * and whoever needs the memory would wait on the race.
 	 */
 	set_bit(0, &vb->hint.squeezed);
-	/* Blocks still in the ring are the host's until it uses them. */
-	freed = vb_hint_release(vb, blocks, true);
+	freed = vb_hint_release(vb, blocks);
 	return freed ? freed << VB_HINT_ORDER : SHRINK_STOP;
 }
 
@@ -173,10 +171,10 @@ static int vb_hint_send_blocks(struct vballoon *vb, u32 id,
 			    PAGE_SIZE << VB_HINT_ORDER);
 		spin_lock(&h->lock);
 		/* One entry, no indirect table (see vb_validate()): no allocation. */
-		err = virtqueue_add_inbuf(h->vq, &sg, 1, page, GFP_ATOMIC);
+		err = virtqueue_add_inbuf(h->vq, &sg, 1, h, GFP_ATOMIC);
 		if (!err) {
 			virtqueue_kick(h->vq);
-			list_add(&page->lru, &h->ring);
+			list_add_tail(&page->lru, &h->blocks);
 			WRITE_ONCE(h->nr_blocks, h->nr_blocks + 1);
 		}
 		spin_unlock(&h->lock);
@@ -196,11 +194,11 @@ static void vb_hint_work(struct work_struct *work)
 	u32 id = vb_hint_cmd_id(vb);
 	u64 t0 = ktime_get_ns();
 	unsigned long blocks = 0;
-	int err;
+	int err, stop_err;
 
 	if (id == VIRTIO_BALLOON_CMD_ID_DONE) {
 		/* The host has let go of every block, used or not. */
-		vb_hint_release(vb, ULONG_MAX, false);
+		vb_hint_release(vb, ULONG_MAX);
 		return;
 	}
 	if (id == VIRTIO_BALLOON_CMD_ID_STOP ||
@@ -211,10 +209,12 @@ static void vb_hint_work(struct work_struct *work)
 	clear_bit(0, &h->squeezed);
 	atomic64_inc(&vb->cnt[VB_CNT_HINT_ROUNDS]);
 	err = vb_hint_send_id(vb, &h->active);
-	if (!err)
+	if (!err) {
+		/* A round that began ends with the stop id, whatever befell it. */
 		err = vb_hint_send_blocks(vb, id, &blocks);
-	if (!err)
-		err = vb_hint_send_id(vb, &h->stop);
+		stop_err = vb_hint_send_id(vb, &h->stop);
+		err = err ?: stop_err;
+	}
 	atomic64_add(blocks << VB_HINT_ORDER, &vb->cnt[VB_CNT_HINTED_PAGES]);
 	trace_vballoon_hint_round(id, blocks << VB_HINT_ORDER, VB_HINT_ORDER,
 				  ktime_get_ns() - t0);
@@ -246,6 +246,7 @@ static int vb_hint_pm_notify(struct notifier_block *nb, unsigned long action,
 
 	switch (action) {
 	case PM_HIBERNATION_PREPARE:
+	case PM_RESTORE_PREPARE:
 	case PM_SUSPEND_PREPARE:
 		set_bit(0, &vb->hint.paused);
 		wake_up(&vb->acked);
@@ -310,11 +311,12 @@ void vb_hint_exit(struct vballoon *vb)
  * reporting order; the host discards their contents; the guest gets them
  * back as they were handed over, zeroed or poisoned as the host knows.
  */
-static bool vb_report_done(struct vballoon *vb)
+void vb_report_ack(struct virtqueue *vq)
 {
-	unsigned int len;
+	struct vballoon *vb = vq->vdev->priv;
 
-	return !!virtqueue_get_buf(vb->reporting_vq, &len);
+	atomic_inc(&vb->report_acks);
+	wake_up(&vb->acked);
 }
 
 static int vb_report(struct page_reporting_dev_info *pr,
@@ -323,9 +325,9 @@ static int vb_report(struct page_reporting_dev_info *pr,
 	struct vballoon *vb = container_of(pr, struct vballoon, reporting);
 	struct virtqueue *vq = vb->reporting_vq;
 	struct scatterlist *s;
-	unsigned int i;
+	unsigned int i, len;
 	u64 bytes = 0;
-	int err;
+	int err, seen;
 
 	/* The queue holds a whole report: checked at probe. */
 	err = virtqueue_add_inbuf(vq, sg, nents, vb, GFP_NOWAIT | __GFP_NOWARN);
@@ -334,9 +336,15 @@ static int vb_report(struct page_reporting_dev_info *pr,
 	virtqueue_kick(vq);
 	/*
 	 * The pages are the host's until it gives the buffer back, however
-	 * long that takes; vb_quiesce() ends reporting before any reset.
+	 * long that takes; vb_quiesce() ends reporting before any reset. The
+	 * ack count is read before looking, so a later ack ends the sleep.
 	 */
-	vb_wait_acked(vb, vb_report_done);
+	for (;;) {
+		seen = atomic_read(&vb->report_acks);
+		if (virtqueue_get_buf(vq, &len))
+			break;
+		wait_event(vb->acked, atomic_read(&vb->report_acks) != seen);
+	}
 	for_each_sg(sg, s, nents, i)
 		bytes += s->length;
 	atomic64_inc(&vb->cnt[VB_CNT_REPORTS]);
@@ -370,12 +378,13 @@ int vb_reporting_init(struct vballoon *vb)
 
 	if (!vb_has(vb, VIRTIO_BALLOON_F_REPORTING))
 		return 0;
+	/* A queue too small to take a report leaves the rest working. */
 	size = virtqueue_get_vring_size(vb->reporting_vq);
 	if (!vballoon_reporting_capacity(&vb->reporting, size)) {
-		dev_err(&vb->vdev->dev,
-			"reporting queue holds %u entries, a report needs %u\n",
-			size, PAGE_REPORTING_CAPACITY);
-		return -ENOSPC;
+		dev_warn(&vb->vdev->dev,
+			 "reporting queue holds %u entries, this kernel's reports need %u: not reporting\n",
+			 size, PAGE_REPORTING_CAPACITY);
+		return 0;
 	}
 	vb->reporting.report = vb_report;
 	asked = vb_report_order();

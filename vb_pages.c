@@ -19,12 +19,12 @@ static struct vb_uint_param batch = {
 };
 module_param_cb(batch, &vb_uint_param_ops, &batch, 0644);
 MODULE_PARM_DESC(batch,
-		 "Page frame numbers per inflate/deflate buffer (1-256, default 256; rounded down to whole guest pages)");
+		 "Page frame numbers per inflate/deflate buffer (1-512, default 512: a 2 MiB block, sent as a chain of 256-entry descriptors; 256 or less for a host that reads only a chain's first descriptor); rounded down to whole guest pages");
 
 static bool huge_first = true;
 module_param(huge_first, bool, 0644);
 MODULE_PARM_DESC(huge_first,
-		 "Inflate with whole 2 MiB blocks while the guest has them free, so a host backed by huge pages frees whole huge pages (default Y)");
+		 "Inflate with whole 2 MiB blocks, one to a buffer, while the guest has them free, so a host backed by 2 MiB pages frees whole huge pages (default Y; needs batch=512)");
 
 void vb_ack(struct virtqueue *vq)
 {
@@ -120,9 +120,23 @@ static void vb_release_pages(struct vballoon *vb, struct list_head *list)
 }
 
 /*
- * Take back what the host is done with on @vq: inflate and deflate
- * buffers (deflated pages waiting for MUST_TELL_HOST go to the guest),
- * or a migration's one-page buffer. Caller holds vb->lock.
+ * The host has acked these inflated pages: only now do they join the
+ * balloon, where deflate, the OOM notifier and migration can reach them.
+ * Handing a page back before the host processed its inflate request would
+ * let the host discard it after the guest reused it.
+ */
+static void vb_balloon_add(struct vballoon *vb, struct list_head *list,
+			   unsigned int n)
+{
+	vballoon_pages_enqueue(vb->pages, list);
+	WRITE_ONCE(vb->num_pages, vb->num_pages + n * VB_UNITS_PER_PAGE);
+	atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
+}
+
+/*
+ * Take back every buffer the host is done with on @vq: inflated pages go
+ * into the balloon, deflated pages that waited for MUST_TELL_HOST to the
+ * guest, a migration's one-page buffer sets mig_acked. Lock held.
  */
 static void vb_reap_vq(struct vballoon *vb, struct virtqueue *vq)
 {
@@ -130,78 +144,69 @@ static void vb_reap_vq(struct vballoon *vb, struct virtqueue *vq)
 	struct vb_buf *buf;
 	void *token;
 
+	lockdep_assert_held(&vb->lock);
 	while ((token = virtqueue_get_buf(vq, &len))) {
 		if (token == vb->mig_pfns) {
 			vb->mig_acked = true;
 			continue;
 		}
 		buf = token;
-		vb_release_pages(vb, &buf->pages);
+		if (vq == vb->inflate_vq)
+			vb_balloon_add(vb, &buf->pages,
+				       buf->n / VB_UNITS_PER_PAGE);
+		else
+			vb_release_pages(vb, &buf->pages);
 		__set_bit(buf - vb->bufs, &vb->free_bufs);
 		WRITE_ONCE(vb->inflight, vb->inflight - 1);
 	}
 }
 
-/*
- * Both queues, always: the buffers are one pool, and a deflate waiting
- * for room must see the inflate buffers come back too.
- */
-static bool vb_has_room(struct vballoon *vb)
+/* Both queues: their buffers are one pool. */
+static void vb_reap(struct vballoon *vb)
 {
 	vb_reap_vq(vb, vb->inflate_vq);
 	vb_reap_vq(vb, vb->deflate_vq);
+}
+
+/* The conditions waited for; they only read, vb_reap() updates. */
+static bool vb_has_room(struct vballoon *vb)
+{
 	return vb->inflight < vb->max_inflight;
 }
 
 static bool vb_is_idle(struct vballoon *vb)
 {
-	vb_has_room(vb);
 	return !vb->inflight;
 }
 
 static bool vb_mig_done(struct vballoon *vb)
 {
-	vb_has_room(vb);
 	return vb->mig_acked;
 }
 
 /*
- * Wait until @done(), which reaps a queue. The ack count is read before
- * @done() looks, so an ack after it ends the sleep; the reaping stays out
- * of the wait's condition.
+ * Reap until @done() holds, sleeping between acks. The ack count is read
+ * before reaping, so an ack that comes after the reap ends the sleep. With
+ * @keep_lock the lock stays held throughout (deflate, migration); without
+ * it, it is taken to reap and dropped to sleep, so the OOM notifier and
+ * migration get it while the host works on an inflate. Returns locked.
  */
-void vb_wait_acked(struct vballoon *vb, bool (*done)(struct vballoon *))
+static void vb_wait(struct vballoon *vb, bool (*done)(struct vballoon *),
+		    bool keep_lock)
 {
 	int seen;
 
+	if (keep_lock)
+		lockdep_assert_held(&vb->lock);
 	for (;;) {
 		seen = atomic_read(&vb->acks);
+		if (!keep_lock)
+			mutex_lock(&vb->lock);
+		vb_reap(vb);
 		if (done(vb))
 			return;
-		wait_event(vb->acked, atomic_read(&vb->acks) != seen);
-	}
-}
-
-static void vb_wait_locked(struct vballoon *vb, bool (*done)(struct vballoon *))
-{
-	lockdep_assert_held(&vb->lock);
-	vb_wait_acked(vb, done);
-}
-
-/*
- * Take vb->lock once @done() holds, sleeping without it: the OOM notifier
- * and migration get the lock while the host works on an inflate.
- */
-static void vb_lock_when(struct vballoon *vb, bool (*done)(struct vballoon *))
-{
-	int seen;
-
-	for (;;) {
-		seen = atomic_read(&vb->acks);
-		mutex_lock(&vb->lock);
-		if (done(vb))
-			return;
-		mutex_unlock(&vb->lock);
+		if (!keep_lock)
+			mutex_unlock(&vb->lock);
 		wait_event(vb->acked, atomic_read(&vb->acks) != seen);
 	}
 }
@@ -221,20 +226,69 @@ static void vb_unget_buf(struct vballoon *vb, struct vb_buf *buf)
 	__set_bit(buf - vb->bufs, &vb->free_bufs);
 }
 
+/*
+ * Notify the host of new buffers on @vq. With debugfs host_delay_ms set,
+ * a test makes the host see them late, as one whose queues another thread
+ * serves would: virtqueue_notify() needs no lock, so a work can send it.
+ */
+static void vb_notify(struct vballoon *vb, struct virtqueue *vq,
+		      unsigned int vq_bit)
+{
+	unsigned int delay = READ_ONCE(vb->host_delay_ms);
+
+	if (likely(!delay)) {
+		virtqueue_kick(vq);
+		return;
+	}
+	if (virtqueue_kick_prepare(vq)) {
+		set_bit(vq_bit, &vb->delayed_vqs);
+		queue_delayed_work(system_wq, &vb->notify_work,
+				   msecs_to_jiffies(delay));
+	}
+}
+
+void vb_notify_work(struct work_struct *work)
+{
+	struct vballoon *vb = container_of(to_delayed_work(work),
+					   struct vballoon, notify_work);
+
+	if (test_and_clear_bit(VB_VQ_INFLATE, &vb->delayed_vqs))
+		virtqueue_notify(vb->inflate_vq);
+	if (test_and_clear_bit(VB_VQ_DEFLATE, &vb->delayed_vqs))
+		virtqueue_notify(vb->deflate_vq);
+}
+
+/* Before the queues go: every delayed notification is sent. */
+void vb_flush_notify(struct vballoon *vb)
+{
+	WRITE_ONCE(vb->host_delay_ms, 0);
+	flush_delayed_work(&vb->notify_work);
+}
+
+/*
+ * Add @buf to @vq as one chain of descriptors of at most VB_PFNS_PER_DESC
+ * frame numbers each, and notify the host. Lock held.
+ */
 static void vb_send(struct vballoon *vb, struct virtqueue *vq,
 		    struct vb_buf *buf)
 {
-	struct scatterlist sg;
+	struct scatterlist sg[VB_DESCS_PER_BUF];
+	unsigned int i, nsg = DIV_ROUND_UP(buf->n, VB_PFNS_PER_DESC);
 
-	sg_init_one(&sg, buf->pfns, sizeof(buf->pfns[0]) * buf->n);
-	/* max_inflight never exceeds the queue: there is always room. */
-	if (WARN_ON_ONCE(virtqueue_add_outbuf(vq, &sg, 1, buf, GFP_KERNEL))) {
+	sg_init_table(sg, nsg);
+	for (i = 0; i < nsg; i++)
+		sg_set_buf(&sg[i], &buf->pfns[i * VB_PFNS_PER_DESC],
+			   sizeof(buf->pfns[0]) *
+			   min_t(unsigned int, buf->n - i * VB_PFNS_PER_DESC,
+				 VB_PFNS_PER_DESC));
+	/* max_inflight and buf_pfns keep within the ring: there is room. */
+	if (WARN_ON_ONCE(virtqueue_add_outbuf(vq, sg, nsg, buf, GFP_KERNEL))) {
 		vb_release_pages(vb, &buf->pages);
 		vb_unget_buf(vb, buf);
 		return;
 	}
 	WRITE_ONCE(vb->inflight, vb->inflight + 1);
-	virtqueue_kick(vq);
+	vb_notify(vb, vq, vq == vb->inflate_vq ? VB_VQ_INFLATE : VB_VQ_DEFLATE);
 }
 
 /*
@@ -247,9 +301,9 @@ static void vb_tell_one(struct vballoon *vb, struct virtqueue *vq,
 	struct scatterlist sg;
 	unsigned int n = 0;
 
-	/* max_inflight leaves a descriptor free, but not on a 1-entry ring. */
+	/* max_inflight leaves a descriptor free, but not on a tiny ring. */
 	if (!vq->num_free)
-		vb_wait_locked(vb, vb_is_idle);
+		vb_wait(vb, vb_is_idle, true);
 	vb_put_pfns(vb, vb->mig_pfns, &n, page);
 	sg_init_one(&sg, vb->mig_pfns, sizeof(vb->mig_pfns));
 	vb->mig_acked = false;
@@ -257,7 +311,7 @@ static void vb_tell_one(struct vballoon *vb, struct virtqueue *vq,
 					      GFP_KERNEL)))
 		return;
 	virtqueue_kick(vq);
-	vb_wait_locked(vb, vb_mig_done);
+	vb_wait(vb, vb_mig_done, true);
 }
 
 void vb_update_actual(struct vballoon *vb)
@@ -270,146 +324,125 @@ void vb_update_actual(struct vballoon *vb)
 			 &actual);
 }
 
-/* Pages per buffer, as the batch parameter says, in whole guest pages. */
-static unsigned int vb_batch_pages(void)
+/* Pages per buffer: the batch parameter within what the ring allows. */
+static unsigned int vb_batch_pages(struct vballoon *vb)
 {
-	return max_t(unsigned int, READ_ONCE(batch.val) / VB_UNITS_PER_PAGE,
-		     1);
+	return max_t(unsigned int, min(READ_ONCE(batch.val), vb->buf_pfns) /
+		     VB_UNITS_PER_PAGE, 1);
 }
 
-#define VB_GFP		(GFP_HIGHUSER_MOVABLE | __GFP_NOMEMALLOC | \
-			 __GFP_NORETRY | __GFP_NOWARN)
+/*
+ * Balloon pages are movable only where the kernel can migrate them
+ * (VBALLOON_GFP_MOVABLE); elsewhere they would pin ZONE_MOVABLE and CMA.
+ */
+#define VB_GFP		(GFP_HIGHUSER | VBALLOON_GFP_MOVABLE | \
+			 __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN)
 /* Only blocks already free: no reclaim, no compaction for a huge block. */
 #define VB_HUGE_GFP	(VB_GFP & ~__GFP_RECLAIM)
 
 /*
- * Allocate up to @want pages onto @list: first what is left of a split
- * huge block, then up to @stock single pages (served from this CPU's
- * per-CPU free lists); in a batch that starts on a block boundary, a
- * whole huge block if the guest has one free and @room (pages still
- * wanted this pass) can take it; then single pages in bulk. A block is at
- * least a batch, and a batch that starts with the rest of one is made up
- * with single pages, so the stash empties: the floor is only checked, and
- * a pass can only end, between blocks. Return: pages allocated.
+ * Allocate one batch of up to @want pages onto @list. A batch the size of
+ * a 2 MiB block takes a whole free block if the guest has one (huge_first)
+ * and nothing is to come from the per-CPU lists: the host gets the block
+ * in one buffer. Otherwise up to @stock pages from this CPU's per-CPU
+ * lists (vb_pcp_first()), then single pages in bulk.
+ * Return: pages allocated; *@order is the order they were allocated at.
  */
-static unsigned int vb_alloc(struct vballoon *vb, struct list_head *list,
-			     unsigned int want, unsigned long room,
-			     unsigned long stock)
+static unsigned int vb_alloc_batch(struct vballoon *vb, struct list_head *list,
+				   unsigned int want, unsigned long stock,
+				   unsigned int *order)
 {
 	unsigned int n = 0, i;
 	struct page *page;
 
-	while (n < want && vb->nr_stash) {
-		list_move_tail(vb->stash.next, list);
-		vb->nr_stash--;
-		n++;
-	}
-	if (n < want && stock) {
-		i = min_t(unsigned long, want - n, stock);
-		i = vballoon_alloc_bulk(VB_GFP, i, list);
-		WRITE_ONCE(vb->pcp_taken, vb->pcp_taken + i);
-		atomic64_add(i, &vb->cnt[VB_CNT_PCP_PAGES]);
-		n += i;
-	}
-	page = NULL;
-	if (!n && READ_ONCE(huge_first) && room >= VB_HUGE_PAGES)
+	*order = 0;
+	if (want == VB_HUGE_PAGES && !stock && READ_ONCE(huge_first)) {
 		page = alloc_pages(VB_HUGE_GFP, VB_HUGE_ORDER);
-	if (page) {
-		split_page(page, VB_HUGE_ORDER);
-		for (i = 0; i < VB_HUGE_PAGES; i++) {
-			if (n < want) {
+		if (page) {
+			split_page(page, VB_HUGE_ORDER);
+			for (i = 0; i < VB_HUGE_PAGES; i++)
 				list_add_tail(&page[i].lru, list);
-				n++;
-			} else {
-				list_add_tail(&page[i].lru, &vb->stash);
-				vb->nr_stash++;
-			}
+			*order = VB_HUGE_ORDER;
+			return VB_HUGE_PAGES;
 		}
 	}
-	if (n < want)
-		n += vballoon_alloc_bulk(VB_GFP, want - n, list);
-	return n;
+	if (stock) {
+		n = vballoon_alloc_bulk(VB_GFP, min_t(unsigned long, want, stock),
+					list);
+		WRITE_ONCE(vb->pcp_taken, vb->pcp_taken + n);
+		atomic64_add(n, &vb->cnt[VB_CNT_PCP_PAGES]);
+	}
+	return n + vballoon_alloc_bulk(VB_GFP, want - n, list);
+}
+
+/* Put the pages of @list in a buffer and send it; takes the lock. */
+static void vb_send_inflate(struct vballoon *vb, struct list_head *list)
+{
+	struct vb_buf *buf;
+	struct page *page;
+
+	vb_wait(vb, vb_has_room, false);
+	buf = vb_take_buf(vb);
+	list_for_each_entry(page, list, lru)
+		vb_put_pfns(vb, buf->pfns, &buf->n, page);
+	list_splice_init(list, &buf->pages);
+	vb_send(vb, vb->inflate_vq, buf);
+	mutex_unlock(&vb->lock);
 }
 
 /*
- * Inflate by up to @units 4 KiB units for at most one pass, with up to
- * max_inflight buffers on the queue at once. A page the host is told of
- * is in vb->pages and counted in num_pages before its buffer goes out;
- * the stash (the rest of a split huge block) is never in the balloon and
- * is empty when the pass ends; vb->lock is held only from taking a buffer
- * to sending it.
+ * Inflate by up to @units 4 KiB units for at most one pass: a batch at a
+ * time, each checked against the floor first, with up to max_inflight
+ * buffers on the queue. vb->lock is held only to queue a batch, so that
+ * allocation (reclaim) and the host's work happen without it; a pass ends
+ * early when the OOM notifier waits for the lock. Pages join the balloon
+ * as the host acks them (vb_reap_vq()), all of them before this returns.
  * Return: units added to the balloon.
  */
 unsigned int vb_inflate(struct vballoon *vb, unsigned int units)
 {
 	unsigned long deadline = jiffies + msecs_to_jiffies(VB_PASS_MS);
-	unsigned int per_buf = vb_batch_pages();
+	unsigned int per_buf = vb_batch_pages(vb);
 	unsigned int pages = units / VB_UNITS_PER_PAGE;
-	unsigned int done = 0, want, got, n, order;
+	unsigned int sent = 0, want, got, n, order;
 	unsigned long room, stock;
-	struct page *page, *tmp;
-	struct vb_buf *buf;
 	u64 t0 = 0;
 	LIST_HEAD(list);
 
-	/*
-	 * vb->lock is held only to queue each batch: allocation (reclaim)
-	 * and waiting for the host happen without it, and a pass stops when
-	 * the OOM notifier waits for it.
-	 */
-	while (done < pages &&
-	       (vb->nr_stash || time_before(jiffies, deadline)) &&
+	while (sent < pages && time_before(jiffies, deadline) &&
 	       !atomic_read(&vb->oom_waiting)) {
-		want = min(pages - done, per_buf);
-		stock = 0;
-		if (!vb->nr_stash) {
-			/* Every new allocation keeps the floor. */
-			room = vb_room(vb);
-			if (room < want)
-				break;
-			if (pages - done > room)
-				stock = vb_pcp_first(vb, pages - done - room);
-		}
+		want = min(pages - sent, per_buf);
+		room = vb_room(vb);
+		if (room < want)
+			break;
+		stock = pages - sent > room ?
+			vb_pcp_first(vb, pages - sent - room) : 0;
 		if (trace_vballoon_inflate_enabled())
 			t0 = ktime_get_ns();
-		/* Pages left of a split block, or new blocks: huge order. */
-		order = vb->nr_stash ? VB_HUGE_ORDER : 0;
-		got = vb_alloc(vb, &list, want, pages - done, stock);
+		got = vb_alloc_batch(vb, &list, want, stock, &order);
 		if (got < want) {
 			atomic64_inc(&vb->cnt[VB_CNT_ALLOC_FAILURES]);
 			atomic64_set(&vb->cnt[VB_CNT_LAST_ALLOC_FAILURE_MS],
 				     vb_now_ms());
 		}
+		/*
+		 * Pages the host cannot be told of are held aside, counted
+		 * against the floor, so the next batch comes from below.
+		 */
 		n = got - vb_hold_high(vb, &list);
-		if (!n && got == want)
-			continue;
-		if (!n)
-			break;
-		vb_lock_when(vb, vb_has_room);
-		buf = vb_take_buf(vb);
-		list_for_each_entry(page, &list, lru)
-			vb_put_pfns(vb, buf->pfns, &buf->n, page);
-		if (vb->nr_stash)
-			order = VB_HUGE_ORDER;
-		vballoon_pages_enqueue(vb->pages, &list);
-		WRITE_ONCE(vb->num_pages, vb->num_pages + n * VB_UNITS_PER_PAGE);
-		done += n;
-		atomic64_add(n, &vb->cnt[VB_CNT_INFLATED_PAGES]);
-		vb_send(vb, vb->inflate_vq, buf);
-		mutex_unlock(&vb->lock);
-		trace_vballoon_inflate(n, order, t0 ? ktime_get_ns() - t0 : 0);
+		if (n) {
+			vb_send_inflate(vb, &list);
+			sent += n;
+			trace_vballoon_inflate(n, order,
+					       t0 ? ktime_get_ns() - t0 : 0);
+		}
 		if (got < want)
 			break;
 	}
-	/* A pass ends on a block boundary; this is only a safety net. */
-	list_splice_init(&vb->stash, &list);
-	vb->nr_stash = 0;
-	list_for_each_entry_safe(page, tmp, &list, lru)
-		__free_page(page);
-	vb_lock_when(vb, vb_is_idle);
+	vb_wait(vb, vb_is_idle, false);
 	vb_update_actual(vb);
 	mutex_unlock(&vb->lock);
-	return done * VB_UNITS_PER_PAGE;
+	return sent * VB_UNITS_PER_PAGE;
 }
 
 /*
@@ -422,17 +455,19 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 {
 	unsigned long deadline = jiffies + msecs_to_jiffies(VB_PASS_MS);
 	bool tell_first = vb_has(vb, VIRTIO_BALLOON_F_MUST_TELL_HOST);
-	unsigned int per_buf = vb_batch_pages();
-	unsigned int pages = min(units, vb->num_pages) / VB_UNITS_PER_PAGE;
-	unsigned int done = 0, n;
+	unsigned int per_buf = vb_batch_pages(vb);
+	unsigned int pages, done = 0, n;
 	struct vb_buf *buf;
 	struct page *page;
 	u64 t0 = 0;
 
+	/* Only pages the host has acked are in the balloon to take. */
+	vb_reap(vb);
+	pages = min(units, vb->num_pages) / VB_UNITS_PER_PAGE;
 	while (done < pages && time_before(jiffies, deadline)) {
 		if (trace_vballoon_deflate_enabled())
 			t0 = ktime_get_ns();
-		vb_wait_locked(vb, vb_has_room);
+		vb_wait(vb, vb_has_room, true);
 		buf = vb_take_buf(vb);
 		n = vballoon_pages_dequeue(vb->pages, &buf->pages,
 					   min(pages - done, per_buf));
@@ -455,7 +490,7 @@ static unsigned int vb_deflate_locked(struct vballoon *vb, unsigned int units)
 		atomic64_add(n, &vb->cnt[VB_CNT_DEFLATED_PAGES]);
 		trace_vballoon_deflate(n, 0, t0 ? ktime_get_ns() - t0 : 0);
 	}
-	vb_wait_locked(vb, vb_is_idle);
+	vb_wait(vb, vb_is_idle, true);
 	if (done)
 		vb_update_actual(vb);
 	return done * VB_UNITS_PER_PAGE;

@@ -70,8 +70,12 @@ unsigned long vb_boost_pages(void)
  */
 static long vb_available(struct vballoon *vb)
 {
-	/* Pages held by vb_hold_high() go back when the inflate ends. */
-	long avail = si_mem_available() + (long)READ_ONCE(vb->nr_high);
+	/*
+	 * Pages held by vb_hold_high() count as taken: an inflate finding
+	 * free memory only above 16 TiB stops at the floor, and gives them
+	 * back when the pass ends without room (vb_size_work()).
+	 */
+	long avail = si_mem_available();
 
 	/*
 	 * A boost grows a pageblock at a time, which with 16 KiB pages is
@@ -300,13 +304,56 @@ static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages
 }
 
 /*
- * Move the balloon one step towards the target. A run does one thing:
- * give pages back to a guest below its reserve, wait out a backoff,
- * inflate for a pass, or deflate for a pass. It requeues itself at once
- * while it makes progress, after the backoff when the guest could spare
- * nothing, and every VB_GUARD_MS while a reserve is to be kept. Only this
- * work inflates; the pages held above 16 TiB and the wakeup source are
- * kept while it goes on and let go when it stops.
+ * When a size work that stopped should look again, in jiffies; 0: only
+ * when the host or the administrator changes something. A goal above
+ * the balloon is retried when the backoff ends; one below it (pages held
+ * by migration) soon; a reserve is checked every VB_GUARD_MS.
+ */
+static unsigned long vb_next_run(struct vballoon *vb, unsigned int goal,
+				 unsigned int held)
+{
+	unsigned long retry_at = READ_ONCE(vb->retry_at);
+	unsigned long next = 0;
+
+	if (goal > held)
+		next = time_after(retry_at, jiffies) ? retry_at - jiffies : 1;
+	else if (goal < held)
+		next = 1;
+	if (held && READ_ONCE(vb->reserve_mib))
+		next = min_not_zero(next, msecs_to_jiffies(VB_GUARD_MS));
+	return next;
+}
+
+/*
+ * One inflate pass, unless a backoff is running. Return: true if it made
+ * progress (pages added, or pages above 16 TiB set aside so the next pass
+ * finds nameable memory) and the goal is not reached yet; false when the
+ * guest could spare nothing, which starts or lengthens the backoff.
+ */
+static bool vb_try_inflate(struct vballoon *vb, unsigned int goal)
+{
+	unsigned int held = READ_ONCE(vb->num_pages);
+	unsigned long high = READ_ONCE(vb->nr_high);
+	unsigned int added;
+
+	if (time_before(jiffies, READ_ONCE(vb->retry_at)))
+		return false;
+	added = vb_inflate(vb, goal - held);
+	if (added || READ_ONCE(vb->nr_high) > high) {
+		WRITE_ONCE(vb->backoff_ms, VB_BACKOFF_MIN_MS);
+		return READ_ONCE(vb->num_pages) < goal;
+	}
+	vb_back_off(vb);
+	return false;
+}
+
+/*
+ * Move the balloon one step towards the target. A run does one of:
+ * give pages back to a guest below its reserve (then back off), inflate
+ * for a pass (vb_try_inflate()), or deflate for a pass. While it moves it
+ * requeues at once; once it stops it relaxes the wakeup source, says
+ * why a target is not met, and looks again when there is a reason
+ * (vb_next_run()). Only this work inflates.
  */
 void vb_size_work(struct work_struct *work)
 {
@@ -316,62 +363,41 @@ void vb_size_work(struct work_struct *work)
 	unsigned int goal = min(target, vb_ceiling(vb));
 	unsigned int held = READ_ONCE(vb->num_pages);
 	unsigned long short_pages = held ? vb_shortfall(vb) : 0;
-	unsigned long retry_at = READ_ONCE(vb->retry_at);
-	unsigned long next = 0, high;
-	unsigned int done = 0;
-	bool inflating = false;
+	bool moved = false, inflating = false;
+	unsigned long next;
 
 	vb_wake_take(vb, VB_WAKE_ADJUST);
 	if (target != vb->last_target) {
-		vb->prev_target = vb->last_target;
-		vb->last_target = target;
-		vb->last_target_ms = vb_now_ms();
+		WRITE_ONCE(vb->prev_target, vb->last_target);
+		WRITE_ONCE(vb->last_target, target);
+		WRITE_ONCE(vb->last_target_ms, vb_now_ms());
 		WRITE_ONCE(vb->pcp_taken, 0);
 		trace_vballoon_target(target, held, goal);
 	}
 
 	if (short_pages) {
-		done = vb_hold_floor(vb, short_pages);
+		moved = vb_hold_floor(vb, short_pages) != 0;
 		vb_back_off(vb);
-	} else if (goal > held && time_before(jiffies, retry_at)) {
-		next = retry_at - jiffies;
 	} else if (goal > held) {
-		high = READ_ONCE(vb->nr_high);
-		done = vb_inflate(vb, goal - held);
-		/* A pass that only found high pages still moved on. */
-		inflating = (done || READ_ONCE(vb->nr_high) > high) &&
-			    READ_ONCE(vb->num_pages) < goal;
-		if (done || inflating)
-			WRITE_ONCE(vb->backoff_ms, VB_BACKOFF_MIN_MS);
-		else
-			vb_back_off(vb);
-		retry_at = READ_ONCE(vb->retry_at);
-		next = time_after(retry_at, jiffies) ? retry_at - jiffies : 1;
+		inflating = vb_try_inflate(vb, goal);
 	} else if (goal < held) {
-		done = vb_deflate(vb, held - goal);
-		/* Every page isolated by migration: they are soon back. */
-		next = 1;
+		moved = vb_deflate(vb, held - goal) != 0;
 	}
-
-	/* Held high pages go back once an inflate is over. */
+	/* Pages held above 16 TiB are kept only while an inflate goes on. */
 	if (!inflating)
 		vb_release_high(vb);
-	held = READ_ONCE(vb->num_pages);
-	if (held < target && (short_pages || !(done || inflating)))
-		vb_refuse(vb, target, goal);
-	else if (held == target)
-		vb->refused = false;
-
-	if (done || inflating) {
+	if (moved || inflating) {
 		vb_queue_size_work(vb, 0, true);
 		return;
 	}
-	/* Reached, or waiting for a retry: the adjustment is over for now. */
+
+	held = READ_ONCE(vb->num_pages);
+	if (held < target)
+		vb_refuse(vb, target, goal);
+	else if (held == target)
+		vb->refused = false;
 	vb_wake_done(vb, VB_WAKE_ADJUST);
-	/* While the balloon holds pages, keep an eye on the reserve. */
-	if (held && READ_ONCE(vb->reserve_mib))
-		next = next ? min(next, msecs_to_jiffies(VB_GUARD_MS)) :
-			msecs_to_jiffies(VB_GUARD_MS);
+	next = vb_next_run(vb, goal, held);
 	if (next)
 		vb_queue_size_work(vb, next, true);
 }

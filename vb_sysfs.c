@@ -209,9 +209,14 @@ static struct attribute *vb_attrs[] = {
 	NULL,
 };
 
-const struct attribute_group vb_attr_group = {
+static const struct attribute_group vb_attr_group = {
 	.name = "balloon",
 	.attrs = vb_attrs,
+};
+
+const struct attribute_group *vb_attr_groups[] = {
+	&vb_attr_group,
+	NULL,
 };
 
 /*
@@ -260,14 +265,15 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 	struct vballoon *vb = m->private;
 	unsigned long floor = vb_floor(vb);
 	unsigned long retry_at = READ_ONCE(vb->retry_at);
+	u64 last_ms = READ_ONCE(vb->last_target_ms);
 	unsigned int i, tag;
 
 	seq_printf(m, "target_units: %u\n", vb_target(vb));
 	seq_printf(m, "actual_units: %u\n", READ_ONCE(vb->num_pages));
 	seq_printf(m, "goal_units: %u\n", min(vb_target(vb), vb_ceiling(vb)));
 	seq_printf(m, "last_target_change: %u units from %u, %llu ms ago\n",
-		   vb->last_target, vb->prev_target,
-		   vb->last_target_ms ? vb_now_ms() - vb->last_target_ms : 0);
+		   READ_ONCE(vb->last_target), READ_ONCE(vb->prev_target),
+		   last_ms ? vb_now_ms() - last_ms : 0);
 	seq_printf(m, "mem_available: %ld\n", si_mem_available());
 	seq_printf(m, "watermark_boost: %lu\n", vb_boost_pages());
 	seq_printf(m, "pcp_surplus: %lu (reading CPU), taken for this target %lu\n",
@@ -304,9 +310,42 @@ static int vb_debugfs_show(struct seq_file *m, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(vb_debugfs);
 
+/*
+ * <device>-host_delay_ms: for tests, notify the host of inflate and deflate
+ * buffers this many ms late (0-10000), as a host serving its queues in
+ * another thread may see them, which TCG's synchronous kicks never show.
+ */
+#define VB_HOST_DELAY_MAX_MS	10000
+
+static int vb_delay_get(void *data, u64 *val)
+{
+	struct vballoon *vb = data;
+
+	*val = READ_ONCE(vb->host_delay_ms);
+	return 0;
+}
+
+static int vb_delay_set(void *data, u64 val)
+{
+	struct vballoon *vb = data;
+
+	if (val > VB_HOST_DELAY_MAX_MS)
+		return -EINVAL;
+	WRITE_ONCE(vb->host_delay_ms, val);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(vb_delay_fops, vb_delay_get, vb_delay_set, "%llu\n");
+
 void vb_debugfs_add(struct vballoon *vb)
 {
+	char name[64];
+
 	vb->debugfs = debugfs_create_file(dev_name(&vb->vdev->dev), 0400,
 					  vb_debugfs_root, vb,
 					  &vb_debugfs_fops);
+	snprintf(name, sizeof(name), "%s-host_delay_ms",
+		 dev_name(&vb->vdev->dev));
+	vb->debugfs_delay = debugfs_create_file_unsafe(name, 0600,
+						       vb_debugfs_root, vb,
+						       &vb_delay_fops);
 }

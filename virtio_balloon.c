@@ -108,11 +108,34 @@ static void vb_config_changed(struct virtio_device *vdev)
 	vb_kick(vb);
 }
 
+/*
+ * Reset the device, so it holds no buffer any more, and delete the queues;
+ * no pointer to them is left behind, the hint queue's cleared under its
+ * lock so a shrinker running now does not reap a deleted queue. The hint
+ * blocks go back to the guest: a reset device holds none.
+ */
+static void vb_del_vqs(struct vballoon *vb)
+{
+	vb_flush_notify(vb);
+	vballoon_reset_device(vb->vdev);
+	spin_lock(&vb->hint.lock);
+	vb->hint.vq = NULL;
+	spin_unlock(&vb->hint.lock);
+	vb_hint_release(vb, ULONG_MAX);
+	vb->vdev->config->del_vqs(vb->vdev);
+	vb->inflate_vq = NULL;
+	vb->deflate_vq = NULL;
+	vb->stats_vq = NULL;
+	vb->reporting_vq = NULL;
+	vb->vqs_live = false;
+}
+
 static int vb_init_vqs(struct vballoon *vb)
 {
 	vq_callback_t *callbacks[VB_VQ_MAX] = { vb_ack, vb_ack };
 	const char *names[VB_VQ_MAX] = { "inflate", "deflate" };
 	struct virtqueue *vqs[VB_VQ_MAX] = {};
+	unsigned int ring, descs;
 	int err;
 
 	if (vb_has(vb, VIRTIO_BALLOON_F_STATS_VQ)) {
@@ -127,7 +150,7 @@ static int vb_init_vqs(struct vballoon *vb)
 	if (vb_has(vb, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
 		names[VB_VQ_HINT] = "free_page_vq";
 	if (vb_has(vb, VIRTIO_BALLOON_F_REPORTING)) {
-		callbacks[VB_VQ_REPORTING] = vb_ack;
+		callbacks[VB_VQ_REPORTING] = vb_report_ack;
 		names[VB_VQ_REPORTING] = "reporting_vq";
 	}
 	err = vballoon_find_vqs(vb->vdev, VB_VQ_MAX, vqs, callbacks, names);
@@ -136,10 +159,16 @@ static int vb_init_vqs(struct vballoon *vb)
 
 	vb->inflate_vq = vqs[VB_VQ_INFLATE];
 	vb->deflate_vq = vqs[VB_VQ_DEFLATE];
-	/* One descriptor stays free for a migration's one-page buffer. */
-	vb->max_inflight = clamp(min(virtqueue_get_vring_size(vb->inflate_vq),
-				     virtqueue_get_vring_size(vb->deflate_vq)) - 1,
-				 1U, (unsigned int)VB_BUFS);
+	ring = min(virtqueue_get_vring_size(vb->inflate_vq),
+		   virtqueue_get_vring_size(vb->deflate_vq));
+	/*
+	 * A buffer is a chain of up to VB_DESCS_PER_BUF descriptors (no
+	 * indirect tables, see vb_validate()), and one descriptor stays free
+	 * for a migration's one-page buffer where the ring has room for it.
+	 */
+	descs = clamp(ring - 1, 1U, (unsigned int)VB_DESCS_PER_BUF);
+	vb->buf_pfns = descs * VB_PFNS_PER_DESC;
+	vb->max_inflight = clamp((ring - 1) / descs, 1U, (unsigned int)VB_BUFS);
 	spin_lock(&vb->hint.lock);
 	vb->hint.vq = vqs[VB_VQ_HINT];
 	spin_unlock(&vb->hint.lock);
@@ -154,8 +183,7 @@ static int vb_init_vqs(struct vballoon *vb)
 		 */
 		err = vb_post_stats(vb, false);
 		if (err) {
-			vb->vdev->config->del_vqs(vb->vdev);
-			vb->vqs_live = false;
+			vb_del_vqs(vb);
 			return err;
 		}
 	}
@@ -233,14 +261,7 @@ static void vb_empty_and_reset(struct vballoon *vb)
 	mutex_lock(&vb->lock);
 	vb_update_actual(vb);
 	mutex_unlock(&vb->lock);
-	vballoon_reset_device(vb->vdev);
-	/* Reset, the device holds no block: a round's go back too. */
-	spin_lock(&vb->hint.lock);
-	vb->hint.vq = NULL;
-	spin_unlock(&vb->hint.lock);
-	vb_hint_release(vb, ULONG_MAX, false);
-	vb->vdev->config->del_vqs(vb->vdev);
-	vb->vqs_live = false;
+	vb_del_vqs(vb);
 }
 
 /*
@@ -315,19 +336,18 @@ static int vb_probe(struct virtio_device *vdev)
 	for (i = 0; i < VB_BUFS; i++)
 		INIT_LIST_HEAD(&vb->bufs[i].pages);
 	vb->free_bufs = GENMASK(VB_BUFS - 1, 0);
-	INIT_LIST_HEAD(&vb->stash);
 	spin_lock_init(&vb->high_lock);
 	INIT_LIST_HEAD(&vb->high);
 	spin_lock_init(&vb->wake_lock);
 	spin_lock_init(&vb->hint.lock);
-	INIT_LIST_HEAD(&vb->hint.ring);
-	INIT_LIST_HEAD(&vb->hint.used);
+	INIT_LIST_HEAD(&vb->hint.blocks);
 	vdev->priv = vb;
 	vb->vdev = vdev;
 	mutex_init(&vb->lock);
 	init_waitqueue_head(&vb->acked);
 	spin_lock_init(&vb->stop_lock);
 	INIT_DELAYED_WORK(&vb->size_work, vb_size_work);
+	INIT_DELAYED_WORK(&vb->notify_work, vb_notify_work);
 	INIT_WORK(&vb->stats_work, vb_stats_work);
 	vb->floor_pages = vb_default_floor();
 	vb->reserve_mib = READ_ONCE(reserve_mib.val);
@@ -373,16 +393,11 @@ static int vb_probe(struct virtio_device *vdev)
 	err = register_reboot_notifier(&vb->reboot_nb);
 	if (err)
 		goto err_reporting_exit;
-	err = device_add_group(&vdev->dev, &vb_attr_group);
-	if (err)
-		goto err_reboot_exit;
 	vb_debugfs_add(vb);
 
 	vb_config_changed(vdev);
 	return 0;
 
-err_reboot_exit:
-	unregister_reboot_notifier(&vb->reboot_nb);
 err_reporting_exit:
 	vb_reporting_exit(vb);
 err_stop:
@@ -399,9 +414,7 @@ err_stop:
 err_hint_exit:
 	vb_hint_exit(vb);
 err_del_vqs:
-	/* The device may hold the stats buffer: reset it first. */
-	vballoon_reset_device(vdev);
-	vdev->config->del_vqs(vdev);
+	vb_del_vqs(vb);
 err_destroy_pages:
 	vballoon_pages_destroy(vb->pages);
 err_free_vb:
@@ -416,7 +429,7 @@ static void vb_remove(struct virtio_device *vdev)
 
 	unregister_reboot_notifier(&vb->reboot_nb);
 	debugfs_remove(vb->debugfs);
-	device_remove_group(&vdev->dev, &vb_attr_group);
+	debugfs_remove(vb->debugfs_delay);
 	vb_quiesce(vb);
 	vb_empty_and_reset(vb);
 	vb_hint_exit(vb);
@@ -466,9 +479,7 @@ static int vb_restore(struct virtio_device *vdev)
 	vb_device_ready(vb);
 	err = vb_reporting_init(vb);
 	if (err) {
-		vballoon_reset_device(vdev);
-		vdev->config->del_vqs(vdev);
-		vb->vqs_live = false;
+		vb_del_vqs(vb);
 		return err;
 	}
 	spin_lock_irq(&vb->stop_lock);
@@ -503,6 +514,8 @@ static struct virtio_driver vb_driver = {
 	.driver.name = KBUILD_MODNAME,
 	/* v6.1's register_virtio_driver() does not set it for us. */
 	.driver.owner = THIS_MODULE,
+	/* Added once probe succeeded, removed before remove runs. */
+	.driver.dev_groups = vb_attr_groups,
 	.id_table = vb_id_table,
 	.validate = vb_validate,
 	.probe = vb_probe,

@@ -52,9 +52,23 @@
 #endif
 
 /*
+ * Whether balloon pages can migrate: through the balloon core with
+ * CONFIG_BALLOON_MIGRATION (v7.0), in the module's own schemes wherever
+ * the kernel migrates pages at all. Only then are they allocated movable:
+ * pages that cannot move would pin ZONE_MOVABLE and CMA areas.
+ */
+#ifdef VB_KERNEL_BALLOON
+#define VBALLOON_CAN_MIGRATE	IS_ENABLED(CONFIG_BALLOON_MIGRATION)
+#else
+#define VBALLOON_CAN_MIGRATE	IS_ENABLED(CONFIG_MIGRATION)
+#endif
+#define VBALLOON_GFP_MOVABLE	(VBALLOON_CAN_MIGRATE ? __GFP_MOVABLE : 0)
+
+/*
  * The BALLOON_* events of /proc/vmstat exist with CONFIG_MEMORY_BALLOON
- * (BALLOON_MIGRATE with CONFIG_BALLOON_COMPACTION); the module counts them
- * in its own schemes, the balloon core in its.
+ * (BALLOON_MIGRATE with CONFIG_BALLOON_COMPACTION), the options' names
+ * before v7.0, the only kernels where the module counts them in its own
+ * schemes; from v7.0 (CONFIG_BALLOON) the balloon core counts them.
  */
 static inline void vballoon_count_inflate(unsigned int n)
 {
@@ -391,10 +405,10 @@ static inline void vballoon_compat_report(void)
 #ifndef CONFIG_VM_EVENT_COUNTERS
 	pr_info("this kernel keeps no vm event counters: the host gets no swap, fault, OOM kill or allocation stall statistics\n");
 #endif
-#if !IS_ENABLED(CONFIG_COMPACTION) || \
-	(defined(VB_KERNEL_BALLOON) && !IS_ENABLED(CONFIG_BALLOON_MIGRATION))
-	pr_info("this kernel cannot migrate balloon pages: compaction leaves them where they are\n");
-#endif
+	if (!VBALLOON_CAN_MIGRATE)
+		pr_info("this kernel cannot migrate balloon pages: they are not allocated movable, and compaction leaves them where they are\n");
+	else if (!IS_ENABLED(CONFIG_COMPACTION))
+		pr_info("this kernel has no compaction: balloon pages move only for memory offlining and contiguous allocations\n");
 }
 
 #endif /* VBALLOON_COMPAT_H */

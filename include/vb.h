@@ -42,11 +42,14 @@
 #define VB_UNITS_PER_PAGE	(PAGE_SIZE >> VIRTIO_BALLOON_PFN_SHIFT)
 
 /*
- * Frame numbers per inflate/deflate buffer. Some hosts reject longer
- * buffers (cloud-hypervisor) or cap a descriptor at 256 entries
- * (Firecracker), so this is also the protocol's practical maximum.
+ * Frame numbers per inflate/deflate buffer: a whole 2 MiB block, so that
+ * a host backed by 2 MiB pages gets all of one in one buffer (QEMU frees
+ * a host huge page only then). Some hosts cap a descriptor at 256 entries
+ * (cloud-hypervisor, Firecracker): a buffer is a chain of such descriptors.
  */
-#define VB_PFNS_PER_BUF		256
+#define VB_PFNS_PER_BUF		(SZ_2M >> VIRTIO_BALLOON_PFN_SHIFT)
+#define VB_PFNS_PER_DESC	256
+#define VB_DESCS_PER_BUF	(VB_PFNS_PER_BUF / VB_PFNS_PER_DESC)
 
 #define VB_STATS_MAX		16
 
@@ -92,7 +95,10 @@ struct vb_uint_param {
 
 /* One inflate or deflate request to the host. */
 struct vb_buf {
-	/* Deflated pages waiting for the host's ack (MUST_TELL_HOST). */
+	/*
+	 * Until the host acks the buffer: inflated pages, which join the
+	 * balloon only then, or deflated pages waiting for MUST_TELL_HOST.
+	 */
 	struct list_head pages;
 	unsigned int n;
 	__virtio32 pfns[VB_PFNS_PER_BUF];
@@ -113,13 +119,12 @@ struct vb_hint {
 	__virtio32 active;
 	__virtio32 stop;
 	/*
-	 * Guards @vq (NULL while the queues are gone) and the blocks: those
-	 * still in the ring, and those the host has used. Until the host is
-	 * DONE the guest holds both; the shrinker takes only used ones.
+	 * Guards @vq (NULL while the queues are gone) and the blocks hinted
+	 * this round, oldest first: the guest holds them until the host is
+	 * DONE, or until the shrinker gives them back.
 	 */
 	spinlock_t lock;
-	struct list_head ring;
-	struct list_head used;
+	struct list_head blocks;
 	unsigned long nr_blocks;
 	struct shrinker *shrinker;
 	struct notifier_block pm_nb;
@@ -145,20 +150,38 @@ enum vb_counter {
 	VB_NR_COUNTERS
 };
 
+/*
+ * Locks, outer first (lockdep checks the order on the debug kernel):
+ *
+ *   oom_lock (the OOM notifier's caller)
+ *     vb->lock (mutex)          inflate and deflate queues and buffers,
+ *                               `actual`; nothing allocates under it
+ *       page lock               balloon_compaction.c, joining the balloon
+ *         vballoon_pages.lock   the balloon's page list (irqsave)
+ *   stop_lock (irqsave)         taken in interrupts
+ *     wake_lock (irqsave)
+ *   hint.lock, high_lock        leaves: only queue and list operations
+ *
+ * Page migration calls vb_migrate() with two page locks held, so it only
+ * tries vb->lock. The reporting core calls vb_report() with its own mutex
+ * held; it takes none of these. Nothing sleeps under a spinlock.
+ */
 struct vballoon {
 	struct virtio_device *vdev;
 	struct virtqueue *inflate_vq, *deflate_vq, *stats_vq, *reporting_vq;
 
-	/* Serialises inflate, deflate and migration, and guards @pfns. */
+	/* Serialises inflate, deflate and migration, and guards @bufs. */
 	struct mutex lock;
-	/* Balloon size in 4 KiB units, as reported in `actual`. */
+	/* Balloon size in 4 KiB units: pages the host has acked, `actual`. */
 	unsigned int num_pages;
 	struct vballoon_pages *pages;
 
-	/* Inflate and deflate buffers come back here. */
+	/* Woken by every ack interrupt and by what ends a hint round's wait. */
 	wait_queue_head_t acked;
-	/* Bumped by every ack interrupt: a waiter that saw it change looks. */
+	/* Bumped by inflate/deflate acks: a waiter that saw it change looks. */
 	atomic_t acks;
+	/* The same for the reporting queue. */
+	atomic_t report_acks;
 	/* The OOM notifier wants the lock: an inflate pass stops. */
 	atomic_t oom_waiting;
 	/* The host acked the one-page buffer of a migration. */
@@ -167,9 +190,15 @@ struct vballoon {
 	unsigned long free_bufs;	/* bitmap of @bufs not in flight */
 	unsigned int max_inflight;
 	unsigned int inflight;
-	/* The rest of a huge block split for inflation, not yet sent. */
-	struct list_head stash;
-	unsigned int nr_stash;
+	/* Frame numbers a buffer may carry: whole descriptors the ring holds. */
+	unsigned int buf_pfns;
+	/*
+	 * Test only (debugfs host_delay_ms): notify the host this late, as a
+	 * host that handles its queues in another thread may see a buffer.
+	 */
+	unsigned int host_delay_ms;
+	unsigned long delayed_vqs;	/* bit VB_VQ_*: a notification waits */
+	struct delayed_work notify_work;
 	/* One page's frame numbers, for migration. */
 	__virtio32 mig_pfns[VB_UNITS_PER_PAGE];
 	/*
@@ -211,7 +240,7 @@ struct vballoon {
 	unsigned int last_target, prev_target;
 	u64 last_target_ms;
 	unsigned int nr_stats;
-	struct dentry *debugfs;
+	struct dentry *debugfs, *debugfs_delay;
 	atomic64_t cnt[VB_NR_COUNTERS];
 
 	struct notifier_block oom_nb;
@@ -250,7 +279,8 @@ unsigned int vb_ram_mib(unsigned long balloon_pages);
 
 /* vb_pages.c */
 void vb_ack(struct virtqueue *vq);
-void vb_wait_acked(struct vballoon *vb, bool (*done)(struct vballoon *));
+void vb_notify_work(struct work_struct *work);
+void vb_flush_notify(struct vballoon *vb);
 unsigned long vb_release_high(struct vballoon *vb);
 void vb_update_actual(struct vballoon *vb);
 unsigned int vb_inflate(struct vballoon *vb, unsigned int units);
@@ -281,16 +311,16 @@ void vb_stats_work(struct work_struct *work);
 void vb_stats_request(struct virtqueue *vq);
 
 /* vb_free_pages.c */
-unsigned long vb_hint_release(struct vballoon *vb, unsigned long n,
-			      bool used_only);
+unsigned long vb_hint_release(struct vballoon *vb, unsigned long n);
 void vb_hint_kick(struct vballoon *vb);
 int vb_hint_init(struct vballoon *vb);
 void vb_hint_exit(struct vballoon *vb);
+void vb_report_ack(struct virtqueue *vq);
 int vb_reporting_init(struct vballoon *vb);
 void vb_reporting_exit(struct vballoon *vb);
 
 /* vb_sysfs.c */
-extern const struct attribute_group vb_attr_group;
+extern const struct attribute_group *vb_attr_groups[];
 extern struct dentry *vb_debugfs_root;
 void vb_debugfs_add(struct vballoon *vb);
 

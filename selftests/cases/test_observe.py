@@ -152,7 +152,7 @@ def case_tracepoints(t):
          "pages in vballoon_inflate records vs /proc/vmstat balloon_inflate")
     t.eq(sum(p for p, _ in dfl), v1["balloon_deflate"] - v0["balloon_deflate"],
          "pages in vballoon_deflate records vs /proc/vmstat balloon_deflate")
-    t.check(all(p <= 256 for p, _ in inf), "an inflate batch above 256 pages")
+    t.check(all(p <= 2 * MiB // PAGE for p, _ in inf), "an inflate batch above 2 MiB")
     huge = sum(p for p, o in inf if o == 9)
     t.log(f"{len(inf)} inflate batches, {huge} pages from 2 MiB blocks; {len(dfl)} deflate batches")
     trace = t.g.read(f"{TRACING}/trace")

@@ -63,7 +63,7 @@ def case_params(t):
     small batches without huge pages still reach the targets exactly; a
     batch that does not divide a 2 MiB block still ends each pass (actual
     moves) and stops at the floor."""
-    for bad in ("batch=0", "batch=257", "batch=x", "huge_first=maybe"):
+    for bad in ("batch=0", "batch=513", "batch=x", "huge_first=maybe"):
         mark = t.vm.console.mark()
         rc, out = t.g.run(f"insmod /lib/{t.driver}.ko {bad}")
         t.check(rc != 0, f"insmod {bad} succeeded")

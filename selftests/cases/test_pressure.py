@@ -136,3 +136,71 @@ def case_over_inflate_idle(t):
     t.load_driver()
     stuck_balloon(t, 32 * MiB)
     t.balloon(t.mem)
+
+
+def debugfs_fields(t, name):
+    """vballoon's debugfs file as {field: text}."""
+    return dict(re.findall(r"^(\w+): (.*)$", t.g.read(f"/sys/kernel/debug/vballoon/{name}"),
+                           re.M))
+
+
+@case(device=DOO_ON, timeout=300, allow_oom=True, core=True)
+def case_oom_late_host(t):
+    """A host that serves the inflate queue in another thread (a KVM host
+    with ioeventfd) acks a buffer a while after the guest sent it; under
+    TCG a kick is served before the guest goes on, so debugfs
+    host_delay_ms makes the host see each buffer 3 s late. An OOM
+    notification (sysrq f, with every task immune to the OOM killer) comes
+    while a 64 MiB inflate is in flight, and a pattern fills the guest's
+    free memory at once: deflate on OOM must not hand back a page the host
+    has not acked, or the host discards it under the pattern."""
+    if t.driver != "vballoon":
+        t.skip("debugfs host_delay_ms is vballoon's")
+    dev = t.load_driver("oom_pages=16384")
+    name = dev.rsplit("/", 1)[1]
+    delay = f"/sys/kernel/debug/vballoon/{name}-host_delay_ms"
+    t.g.run(f"echo 20000 > {delay}")
+    t.eq(t.g.read(delay).strip(), "0", "host_delay_ms after an out-of-range write")
+    # the agent's shell and all it starts: the OOM killer has no victim
+    t.g.run("for p in /proc/[0-9]*; do echo -1000 > $p/oom_score_adj; done 2>/dev/null")
+    t.g.check(f"echo 3000 > {delay}")
+    v0, b0 = t.g.vmstat(), t.bsys()
+    t.qmp.balloon(t.mem - 64 * MiB)
+    deadline = time.monotonic() + 30
+    while True:
+        f = debugfs_fields(t, name)
+        inflight = int(f["buffers_in_flight"].split()[0])
+        if inflight:
+            break
+        t.check(time.monotonic() < deadline, "no inflate buffer in flight within 30 s")
+        time.sleep(0.1)
+    t.log(f"in flight: {f['buffers_in_flight']}, actual_units {f['actual_units']}")
+    t.eq(int(f["actual_units"]), 0, "actual_units while the first buffers wait for the host")
+    mark = t.vm.console.mark()
+    t.g.check("echo f > /proc/sysrq-trigger")
+    time.sleep(0.3)
+    # room for the rest of the inflate: every task is immune, and an OOM
+    # with none to kill panics the guest
+    fill = t.g.meminfo()["MemFree"] // 1024 - 112
+    job = t.g.spawn(f"pattern hold {fill} 21")
+    job.wait_output(r"^holding", timeout=120)
+    # the pattern leaves the balloon less room than 64 MiB: wait until still
+    t.wait_actual(t.mem - 64 * MiB, timeout=60, settle=4)
+    t.g.check(f"echo 0 > {delay}")
+    job.signal("USR1")
+    verdict = job.wait_output(r"^verify (\w+)", timeout=120).group(1)
+    t.check(verdict == "ok", f"the pattern of {fill} MiB written during the OOM "
+            f"notification:\n{job.output()}")
+    console = t.vm.console.text(mark)
+    t.check("Out of memory and no killable processes" in console
+            or "No task eligible" in console, "sysrq f did not reach the OOM killer")
+    b1, v1 = t.bsys(), t.g.vmstat()
+    t.log(f"oom_deflated_pages {b1['oom_deflated_pages'] - b0['oom_deflated_pages']}, "
+          f"inflated {b1['inflated_pages'] - b0['inflated_pages']}")
+    t.check(b1["actual_bytes"] > 0, "the balloon holds nothing")
+    t.eq(t.mem - t.qmp.query_balloon(), b1["actual_bytes"], "host's balloon vs sysfs actual_bytes")
+    t.eq(v1["balloon_inflate"] - v0["balloon_inflate"] -
+         (v1["balloon_deflate"] - v0["balloon_deflate"]), b1["actual_pages"],
+         "/proc/vmstat balloon_inflate - balloon_deflate vs sysfs actual_pages")
+    job.signal("TERM")
+    job.wait(timeout=60)
