@@ -34,6 +34,13 @@ repetition and driver:
              has: once with the balloon at half the guest and still, once
              from full with an inflate to 3/4 asked for just before. A
              notifier that waits behind an inflate takes longer then
+  hugetlb    (a guest of its own, on 2 MiB hugetlbfs pages: memfd with
+             hugetlb=on, the host's huge pages reserved for the run and the
+             reservation put back after) the guest touches and frees most of
+             its memory, then half of it is ballooned: the host's
+             HugePages_Free rise in MiB against the MiB ballooned. QEMU
+             gives a host huge page back only when all its 4 KiB pieces
+             arrive in one buffer
   compact    the inflate again, while the guest compacts its memory in a
              loop: MiB/s, and the balloon pages compaction migrated during
              the inflate (balloon_migrate; a driver holding its lock over
@@ -225,10 +232,67 @@ def oom_rep(kver, mem, image, workdir, accel, driver):
     return r
 
 
-def start_guest(kver, mem, image, workdir, accel, device=None):
+def hugepages_free():
+    """The host's free 2 MiB huge pages."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("HugePages_Free:"):
+            return int(line.split()[1])
+    return 0
+
+
+class HugePages:
+    """Reserve n 2 MiB huge pages on the host for a with-block, and put the
+    reservation back as it was however the block ends."""
+    PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+
+    def __init__(self, n):
+        self.n, self.old = n, None
+
+    def __enter__(self):
+        self.old = int(self.PATH.read_text())
+        self.PATH.write_text(f"{self.old + self.n}\n")
+        got = int(self.PATH.read_text()) - self.old
+        if got < self.n:
+            self.PATH.write_text(f"{self.old}\n")
+            raise RuntimeError(f"host gave {got} of {self.n} huge pages")
+        return self
+
+    def __exit__(self, *exc):
+        self.PATH.write_text(f"{self.old}\n")
+
+
+def hugetlb_qemu_args(mem):
+    """A guest whose RAM is one memfd of 2 MiB hugetlbfs pages."""
+    return ("-object", f"memory-backend-memfd,id=m0,size={mem}M,hugetlb=on,hugetlbsize=2M",
+            "-machine", "memory-backend=m0")
+
+
+def hugetlb_rep(kver, mem, image, workdir, accel, driver):
+    """MiB of host huge pages freed by ballooning half of a guest on
+    hugetlbfs, against the MiB ballooned."""
+    r = {}
+    with HugePages(mem // 2 + 8):
+        vm = start_guest(kver, mem, image, workdir, accel,
+                         qemu_args=hugetlb_qemu_args(mem))
+        try:
+            touch(vm)
+            free0 = hugepages_free()
+            timed_balloon(vm, mem * MiB // 2)
+            ballooned = (mem * MiB - vm.qmp.query_balloon()) // MiB
+            r["hugetlb_freed_mib"] = (hugepages_free() - free0) * 2
+            r["hugetlb_ballooned_mib"] = ballooned
+            timed_balloon(vm, mem * MiB)
+            no_problems(vm, driver, kver)
+        finally:
+            vm.stop()
+    return r
+
+
+def start_guest(kver, mem, image, workdir, accel, device=None, qemu_args=()):
     """Boot a guest of mem MiB, load its driver, run both paths once."""
     initrd, name = image
-    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem, device=device), workdir, accel)
+    vm, failed = boot(kver, initrd, VMConfig.make(mem=mem, device=device, qemu_args=qemu_args),
+                      workdir, accel)
     if vm is None:
         sys.exit(f"bench: {kver} guest did not boot:\n" + "\n".join(failed.console.tail(20)))
     vm.guest.check(f"insmod /lib/{name}.ko")
@@ -291,6 +355,9 @@ def run(args):
                             fresh.stop()
                         r.update(oom_rep(kver, mem, images[d], out / f"{kver}-{mem}-{d}-oom",
                                          accel, d))
+                        if mem <= 1024:
+                            r.update(hugetlb_rep(kver, mem, images[d],
+                                                 out / f"{kver}-{mem}-{d}-hugetlb", accel, d))
                         per[d].append(r)
                         log(f"{kver} {mem} MiB {d} rep {i + 1}/{reps}: inflate "
                             f"{r['inflate_mibs']:.0f} MiB/s, deflate {r['deflate_mibs']:.0f} MiB/s, "
@@ -335,6 +402,8 @@ ROWS = [("inflate MiB/s", "inflate_mibs", "{:.0f}"), ("deflate MiB/s", "deflate_
         ("inflate 3 GiB s", "inflate_3072_s", "{:.2f}"),
         ("OOM notifier ms, balloon still", "oom_idle_ms", "{:.2f}"),
         ("OOM notifier ms, balloon inflating", "oom_inflating_ms", "{:.2f}"),
+        ("hugetlbfs host: MiB ballooned (half the guest)", "hugetlb_ballooned_mib", "{:.0f}"),
+        ("hugetlbfs host: huge pages freed, MiB", "hugetlb_freed_mib", "{:.0f}"),
         ("inflate MiB/s, guest compacting", "inflate_compact_mibs", "{:.0f}"),
         ("balloon pages migrated during it", "compact_migrated", "{:.0f}")]
 
