@@ -29,12 +29,13 @@
 #endif
 
 /*
- * Balloon page migration, three schemes (balloon_compaction.c):
- * v6.17: the migration core picks a page's operations by its type and no
- * longer exports __SetPageMovable(): balloon pages can only be movable
- * through the kernel's balloon core; v7.0 renamed it linux/balloon.h and
- * made it keep the managed page count, which is the interface used here.
- * v6.0: struct movable_operations; before it, address_space_operations.
+ * Balloon page migration goes through the kernel's balloon core on every
+ * kernel (balloon_compaction.c):
+ * v7.0: linux/balloon.h, CONFIG_BALLOON, a core that keeps the managed
+ * page count; v6.17 made the migration core pick a page's operations by
+ * its type, and that interface (v6.17 to v6.19) is not implemented here.
+ * v6.0: the core's balloon_mops; before, its balloon_aops, which want an
+ * inode of the driver's own pseudo file system.
  */
 #ifdef VB_HAVE_MOVABLE_BY_TYPE
 #if !defined(VB_HAVE_BALLOON_H) || !defined(VB_HAVE_BALLOON_ADJUST)
@@ -45,45 +46,37 @@
 #endif
 #include <linux/balloon.h>
 #define VB_KERNEL_BALLOON
-#elif !defined(VB_HAVE_MOVABLE_OPS)
+#else
+#if !IS_ENABLED(CONFIG_MEMORY_BALLOON)
+#error "vballoon needs a kernel with CONFIG_MEMORY_BALLOON (the kernel's balloon core)"
+#endif
+#include <linux/balloon_compaction.h>
+#if !defined(VB_HAVE_BALLOON_MOPS) && IS_ENABLED(CONFIG_BALLOON_COMPACTION)
 #include <linux/fs.h>
 #include <linux/mount.h>
 #include <linux/pseudo_fs.h>
+#define VB_BALLOON_AOPS
+#endif
 #endif
 
 /*
- * Whether balloon pages can migrate: through the balloon core with
- * CONFIG_BALLOON_MIGRATION (v7.0), in the module's own schemes wherever
- * the kernel migrates pages at all. Only then are they allocated movable:
- * pages that cannot move would pin ZONE_MOVABLE and CMA areas.
+ * Whether balloon pages can migrate: with CONFIG_BALLOON_MIGRATION (v7.0),
+ * before with CONFIG_BALLOON_COMPACTION, the options that make the core's
+ * pages movable. Only then are they allocated movable: pages that cannot
+ * move would pin ZONE_MOVABLE and CMA areas.
  */
 #ifdef VB_KERNEL_BALLOON
 #define VBALLOON_CAN_MIGRATE	IS_ENABLED(CONFIG_BALLOON_MIGRATION)
 #else
-#define VBALLOON_CAN_MIGRATE	IS_ENABLED(CONFIG_MIGRATION)
+#define VBALLOON_CAN_MIGRATE	IS_ENABLED(CONFIG_BALLOON_COMPACTION)
 #endif
 #define VBALLOON_GFP_MOVABLE	(VBALLOON_CAN_MIGRATE ? __GFP_MOVABLE : 0)
 
 /*
- * The BALLOON_* events of /proc/vmstat exist with CONFIG_MEMORY_BALLOON
- * (BALLOON_MIGRATE with CONFIG_BALLOON_COMPACTION), the options' names
- * before v7.0, the only kernels where the module counts them in its own
- * schemes; from v7.0 (CONFIG_BALLOON) the balloon core counts them.
+ * BALLOON_MIGRATE (CONFIG_BALLOON_COMPACTION): before v7.0 the balloon core
+ * counts inflate and deflate but leaves migration to the driver; from v7.0
+ * (CONFIG_BALLOON) it counts all three.
  */
-static inline void vballoon_count_inflate(unsigned int n)
-{
-#if defined(CONFIG_MEMORY_BALLOON) && !defined(VB_KERNEL_BALLOON)
-	count_vm_events(BALLOON_INFLATE, n);
-#endif
-}
-
-static inline void vballoon_count_deflate(unsigned int n)
-{
-#if defined(CONFIG_MEMORY_BALLOON) && !defined(VB_KERNEL_BALLOON)
-	count_vm_events(BALLOON_DEFLATE, n);
-#endif
-}
-
 static inline void vballoon_count_migrate(void)
 {
 #if defined(CONFIG_BALLOON_COMPACTION) && !defined(VB_KERNEL_BALLOON)
@@ -97,8 +90,8 @@ static inline void vballoon_count_migrate(void)
 #endif
 
 /*
- * v6.16: NR_BALLOON_PAGES, /proc/meminfo's "Balloon:" line. The balloon
- * core keeps it itself; the module's own schemes keep it where it exists.
+ * v6.16: NR_BALLOON_PAGES, /proc/meminfo's "Balloon:" line, kept by the
+ * drivers until v7.0's balloon core keeps it itself.
  */
 static inline void vballoon_balloon_pages_add(struct page *page, long n)
 {

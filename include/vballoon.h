@@ -73,10 +73,11 @@ void vballoon_pages_by_zone(struct vballoon_pages *vp,
 			    unsigned long by_zone[MAX_NR_ZONES]);
 
 /**
- * vballoon_pages_scheme() - how this build makes balloon pages movable
+ * vballoon_pages_scheme() - how this build ties balloon pages to the
+ * kernel's balloon core
  *
- * Return: "kernel balloon core", "movable_operations" or
- * "address_space_operations".
+ * Return: "kernel balloon core" (v7.0), "movable_operations" (the core's
+ * balloon_mops) or "address_space_operations" (its balloon_aops).
  */
 const char *vballoon_pages_scheme(void);
 
