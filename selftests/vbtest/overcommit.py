@@ -465,10 +465,13 @@ class Scenario:
 
     # -- results ---------------------------------------------------------------
     def collect(self, phases, limit, overhead, ev0):
+        self.verify([s for s in self.slots if s.job is not None])
         for s in self.slots:
-            if s.job is not None and s.alive():
-                self.verify([s])
-                self.stop_load(s)
+            if s.alive():
+                try:    # the balloons still, so both sides can be compared
+                    s.qmp.wait_actual(self.targets[s.name], 30, settle=2)
+                except Exception:
+                    pass
         ev = self.cg.events()
         per = {}
         for s in self.slots:
@@ -481,11 +484,21 @@ class Scenario:
                 try:
                     vs = s.g.vmstat()
                     d["oom_kill"] = vs.get("oom_kill", 0) - s.vmstat0.get("oom_kill", 0)
+                    # what the guest says the balloon holds, against QMP
+                    d["balloon_pages"] = sum(
+                        sign * (vs.get(k, 0) - s.vmstat0.get(k, 0)) for sign, k in
+                        ((1, "balloon_inflate"), (-1, "balloon_deflate")))
+                    d["meminfo"] = s.g.meminfo()
+                    d["actual"] = s.qmp.query_balloon()
+                    d["rss"] = s.vm.rss().get("VmRSS", 0) * 1024
                 except Exception:
                     d["oom_kill"] = None
             else:
                 d["oom_kill"] = len(re.findall(r"Killed process", text))
             per[s.name] = d
+        for s in self.slots:    # the working sets end once both sides are read
+            if s.job is not None:
+                self.stop_load(s)
         reb = [p["rebalance_s"] for p in phases[1:]]
         moved = self.moved(phases)
         ages = [v["age"] for r in self.samples for v in r["g"].values()
