@@ -144,7 +144,7 @@ def timeline(r, out):
                        "graph 1 nohead dt 3 lc rgb 'gray40'\n" for p in r["phases"])
     top = 0.28
     s = [f"set terminal png size 1400,{400 + 260 * half}",
-         f"set output '{png}'", "set multiplot", "set grid",
+         f"set output '{png}'", "set termoption noenhanced", "set multiplot", "set grid",
          "set key outside right top vertical", "set lmargin 8", "set rmargin 22",
          "set xlabel 's'",
          "set style fill transparent solid 0.25 noborder", switches,

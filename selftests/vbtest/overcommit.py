@@ -32,7 +32,7 @@ from .vm import VM, VMConfig, console_problems
 
 MiB = 1 << 20
 NAMES = "ABCDEFGHIJKL"
-HOLD_S = 8          # a phase goes on this long after every busy guest holds
+HOLD_S = 4          # a phase goes on this long after every busy guest holds
 PHASE_TIMEOUT = 300
 LATE_S = 10
 FORCE_S = 20
@@ -87,8 +87,8 @@ class Policy:
                 continue
             h = self.used.setdefault(g, [])
             h.append((now, v["actual"] - v["avail"]))
-            while h and now - h[0][0] > self.IDLE_S:
-                h.pop(0)
+            while len(h) > 1 and now - h[1][0] >= self.IDLE_S:
+                h.pop(0)    # keep the newest sample at least IDLE_S old
         for g, v in view.items():
             if g in self.force:
                 new[g] = self.force[g]
@@ -96,7 +96,7 @@ class Policy:
             if v["avail"] is None:
                 continue
             h = self.used[g]
-            flat = (len(h) >= self.IDLE_S and
+            flat = (now - h[0][0] >= self.IDLE_S and
                     max(u for _, u in h) - min(u for _, u in h) < 8 * MiB)
             if flat and v["avail"] > self.spare:
                 new[g] = min(new[g], max(self.lo, _mib(h[-1][1] + self.headroom)))
@@ -156,6 +156,8 @@ class Scenario:
         self.paused_until = 0
         self.policy = None
         self.t0 = None
+        self.started, self.threads = [], []     # every QEMU, the threads that started them
+        self.done = threading.Event()
 
     # -- guests ------------------------------------------------------------
     def config(self):
@@ -164,22 +166,43 @@ class Scenario:
             dev["free-page-reporting"] = "on"
         return VMConfig.make(mem=self.mem // MiB, smp=1, device=dev)
 
+    def boot_one(self, name, vms, booted):
+        """A thread per guest, alive as long as the guest: QEMU gets
+        SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG)."""
+        initrd = self.image[0]
+        for attempt in (1, 2):
+            vm = CgroupVM(self.cg, self.kver, initrd, self.config(),
+                          self.workdir / f"{name}-a{attempt}", self.accel)
+            vms.append(vm)
+            with self.lock:
+                self.started.append(vm)
+            if vm.start():
+                break
+            vm.stop()
+            self.log(f"guest {name}: boot attempt {attempt} failed")
+        booted.set()
+        self.done.wait()
+
     def boot(self):
-        initrd, drvname = self.image
-        for i in range(self.n):
-            name = NAMES[i]
-            for attempt in (1, 2):
-                vm = CgroupVM(self.cg, self.kver, initrd, self.config(),
-                              self.workdir / f"{name}-a{attempt}", self.accel)
-                if vm.start():
-                    break
-                vm.stop()
-                self.log(f"guest {name}: boot attempt {attempt} failed")
-            else:
-                raise RuntimeError(f"guest {name} did not boot: "
-                                   + " | ".join(vm.console.tail(5)))
-            s = Slot(name, vm)
-            self.slots.append(s)
+        """All guests at once (they boot in a few seconds of CPU each)."""
+        drvname = self.image[1]
+        vms = {NAMES[i]: [] for i in range(self.n)}
+        for n, v in vms.items():
+            booted = threading.Event()
+            th = threading.Thread(target=self.boot_one, args=(n, v, booted), daemon=True)
+            th.start()
+            self.threads.append((th, booted))
+        for th, booted in self.threads:
+            while not booted.wait(0.5):
+                pass
+        for name, tried in vms.items():
+            vm = tried[-1]
+            if vm.alive() and vm.boot_time is not None:
+                self.slots.append(Slot(name, vm))
+        if len(self.slots) < self.n:
+            raise RuntimeError("guests did not boot: " + ", ".join(
+                f"{n}: {' | '.join(v[-1].console.tail(3))}" for n, v in vms.items()
+                if not (v[-1].alive() and v[-1].boot_time is not None)))
         for s in self.slots:
             s.g.check(f"insmod /lib/{drvname}.ko")
             s.qmp.qom_set(BALLOON_QOM, "guest-stats-polling-interval", 1)
@@ -539,14 +562,18 @@ class Scenario:
         return out
 
     def shutdown(self):
-        for s in self.slots:
+        """Every QEMU this run started stops, then the cgroup goes."""
+        with self.lock:
+            vms = list(self.started)
+        for vm in vms:
             try:
-                s.vm.stop()
+                vm.stop()
             except Exception:
                 pass
-        # a QEMU that never got to its slot (a failed boot) is stopped by
-        # boot(); the group is empty now
-        self.cg.remove()
+        self.done.set()
+        for th, _ in self.threads:
+            th.join(30)
+        self.cg.remove(timeout=30)
 
 
 def _minflt(pid):
