@@ -86,7 +86,8 @@ def markdown(res):
     lines = [f"# make overcommit, {m['date']}", "",
              f"Kernel {m['kernel']}, accel {m['accel']}, {m['guests']} guests of "
              f"{m['mem']} MiB, working set {m['ws']} MiB, {m['swings']} swings; "
-             f"host {m['host']}; {m['wall_s']:.0f} s in all.", ""]
+             f"host {m['host']}; {m['wall_s']:.0f} s in all" +
+             (f"; vballoon loaded with {m['params']}" if m.get("params") else "") + ".", ""]
     drivers = [d for d in DRIVERS if any(r["driver"] == d for r in res["runs"])]
     for mode in MODES:
         runs = {r["driver"]: r for r in res["runs"] if r["mode"] == mode}
@@ -185,6 +186,8 @@ def main():
     p.add_argument("--swings", type=int, default=5)
     p.add_argument("--host", type=int, default=None,
                    help="MiB the guests may have together (default 2/3 of theirs)")
+    p.add_argument("--params", default="",
+                   help="module parameters for vballoon (e.g. oom_pages=4096)")
     p.add_argument("--accel", choices=["kvm", "tcg"], default="tcg")
     p.add_argument("--out", default=str(REPO / "build" / "overcommit"))
     args = p.parse_args()
@@ -209,7 +212,7 @@ def main():
     t0 = time.monotonic()
     res = {"meta": {"date": datetime.date.today().isoformat(), "kernel": kver,
                     "accel": args.accel, "guests": args.guests, "mem": args.mem,
-                    "ws": args.ws, "swings": args.swings,
+                    "ws": args.ws, "swings": args.swings, "params": args.params,
                     "host": f"{args.host or args.guests * args.mem * 2 // 3} MiB for the guests"},
            "runs": []}
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -220,7 +223,8 @@ def main():
             sc = Scenario(kver, images[base], base, mode, out / f"run-{stamp}" / f"{drv}-{mode}",
                           args.accel, args.guests, args.mem, args.ws, args.swings,
                           reporting=drv.endswith("+reporting"), host=args.host,
-                          log=lambda m: log(f"  {m}"))
+                          log=lambda m: log(f"  {m}"),
+                          params=args.params if base == "vballoon" else "")
             r = sc.run()
             res["runs"].append(r)
             log(f"{drv}, host {mode}: rebalance {r['rebalance_s']}, verify failed "

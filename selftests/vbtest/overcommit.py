@@ -141,14 +141,14 @@ class Scenario:
 
     def __init__(self, kver, image, driver, mode, workdir, accel="tcg", guests=6,
                  mem=512, ws=400, swings=5, reporting=False, host=None, log=print,
-                 name="vballoon-overcommit"):
+                 name="vballoon-overcommit", params=""):
         self.kver, self.image, self.driver, self.mode = kver, image, driver, mode
         self.workdir, self.accel, self.n, self.mem = workdir, accel, guests, mem * MiB
         self.ws, self.swings, self.reporting, self.log = ws, swings, reporting, log
         self.full, self.idle = self.mem, self.mem // 4
         # the story's host: two thirds of what the guests are given
         self.host = (host or guests * mem * 2 // 3) * MiB
-        self.cgname = name
+        self.cgname, self.params = name, params
         self.slots, self.samples, self.events = [], [], []
         self.targets = {}
         self.lock = threading.Lock()
@@ -204,7 +204,7 @@ class Scenario:
                 f"{n}: {' | '.join(v[-1].console.tail(3))}" for n, v in vms.items()
                 if not (v[-1].alive() and v[-1].boot_time is not None)))
         for s in self.slots:
-            s.g.check(f"insmod /lib/{drvname}.ko")
+            s.g.check(f"insmod /lib/{drvname}.ko {self.params}")
             s.qmp.qom_set(BALLOON_QOM, "guest-stats-polling-interval", 1)
             s.vmstat0 = s.g.vmstat()
             self.targets[s.name] = self.full
