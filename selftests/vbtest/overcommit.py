@@ -464,11 +464,11 @@ class Scenario:
              "refusals": (self.bsys(s, "refusals") - refusals0
                           if alive and refusals0 is not None else None),
              "guest_log": [x for x in s.vm.console.text(mark).splitlines()
-                           if "vballoon" in x or "balloon" in x.lower()][-5:]}
+                           if re.search(r"not reached|puff|refus", x)][-3:]}
         if alive:
             try:
                 r["dmesg"] = [x for x in s.g.check("dmesg | tail -40").splitlines()
-                              if "balloon" in x.lower()][-3:]
+                              if re.search(r"not reached|puff|refus", x)][-3:]
             except Exception:
                 pass
         self.verify([s])
