@@ -5,7 +5,7 @@ of vbtest.overcommit ballooning them (selftests/overcommit.py runs the
 whole story)."""
 from vbtest import MiB, case
 from vbtest import cgroup
-from vbtest.overcommit import Scenario
+from vbtest.overcommit import Policy, Scenario
 
 GUEST_MIB, WS_MIB = 512, 200
 
@@ -14,13 +14,16 @@ GUEST_MIB, WS_MIB = 512, 200
 def case_overcommit_swing(t):
     """Guest B busy, A idle; then A busy, B idle. Both QEMUs share a cgroup
     holding two thirds of their memory plus their idle overhead. The
-    guests boot here, in the cgroup: the runner's own guest stays idle."""
+    guests boot here, in the cgroup: the runner's own guest stays idle.
+    Each phase lasts long enough after the rebalance for the policy to
+    see the idle guest idle (IDLE_S) and balloon it."""
     why = cgroup.available()
     if why:
         t.skip(f"no host memory cgroup: {why}")
     sc = Scenario(t.kver, (t.vm.initrd, t.driver), t.driver, "policy",
                   t.vm.workdir / "overcommit", t.vm.accel, guests=2, mem=GUEST_MIB,
-                  ws=WS_MIB, swings=1, log=t.log, name="vbtest-overcommit")
+                  ws=WS_MIB, swings=1, log=t.log, name="vbtest-overcommit",
+                  hold=3 * Policy.IDLE_S)
     r = sc.run()
     for p in r["phases"]:
         t.log(f"phase {p['phase']} ({p['busy']} busy): rebalance {p['rebalance_s']}")

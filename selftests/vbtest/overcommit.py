@@ -141,14 +141,14 @@ class Scenario:
 
     def __init__(self, kver, image, driver, mode, workdir, accel="tcg", guests=6,
                  mem=512, ws=400, swings=5, reporting=False, host=None, log=print,
-                 name="vballoon-overcommit", params=""):
+                 name="vballoon-overcommit", params="", hold=HOLD_S):
         self.kver, self.image, self.driver, self.mode = kver, image, driver, mode
         self.workdir, self.accel, self.n, self.mem = workdir, accel, guests, mem * MiB
         self.ws, self.swings, self.reporting, self.log = ws, swings, reporting, log
         self.full, self.idle = self.mem, self.mem // 4
         # the story's host: two thirds of what the guests are given
         self.host = (host or guests * mem * 2 // 3) * MiB
-        self.cgname, self.params = name, params
+        self.cgname, self.params, self.hold = name, params, hold
         self.slots, self.samples, self.events = [], [], []
         self.targets = {}
         self.lock = threading.Lock()
@@ -443,9 +443,9 @@ class Scenario:
               "targets_before": cur[0]}
         if self.mode == "toomuch" and k == 1 and held:
             ph["toomuch"] = self.too_much(held[0])
-        time.sleep(HOLD_S / 2)
+        time.sleep(self.hold / 2)
         self.verify(busy)
-        time.sleep(HOLD_S / 2)
+        time.sleep(self.hold / 2)
         ph["t_end"] = time.monotonic() - self.t0
         return ph
 
