@@ -65,6 +65,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vbtest import initramfs  # noqa: E402
+from vbtest.plot import gnuplot  # noqa: E402
 from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -441,12 +442,6 @@ def markdown(res):
 
 
 def chart(res, out):
-    if not shutil.which("gnuplot"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "gnuplot-nox"],
-                       stdout=subprocess.DEVNULL, check=False)
-    if not shutil.which("gnuplot"):
-        log("no gnuplot: chart skipped")
-        return None
     data = out / "chart.dat"
     rows = [r for r in res["runs"] if r["driver"] == "vballoon"]
     with open(data, "w") as f:
@@ -469,8 +464,7 @@ set yrange [0:*]
 plot '{data}' using 2:xtic(1) title 'inflate in-tree', '' using 3 title 'inflate vballoon', \\
      '' using 4 title 'deflate in-tree', '' using 5 title 'deflate vballoon'
 """
-    subprocess.run(["gnuplot"], input=script, text=True, check=True)
-    return png
+    return png if gnuplot(script, log) else None
 
 
 def main():
