@@ -12,7 +12,7 @@
 static struct vb_uint_param oom_pages = { .val = 256, .min = 1, .max = 65536 };
 module_param_cb(oom_pages, &vb_uint_param_ops, &oom_pages, 0644);
 MODULE_PARM_DESC(oom_pages,
-		 "4 KiB units given back per OOM notification when the host offers DEFLATE_ON_OOM, rounded up to whole guest pages, doubled for each notification within a second of the last, up to 64 times (1-65536, default 256: 1 MiB, as the in-tree driver)");
+		 "4 KiB units given back per OOM notification when the host offers DEFLATE_ON_OOM, rounded up to whole guest pages (1-65536, default 256: 1 MiB, as the in-tree driver)");
 
 static struct vb_uint_param batch = {
 	.val = VB_PFNS_PER_BUF, .min = 1, .max = VB_PFNS_PER_BUF,
@@ -506,34 +506,12 @@ unsigned int vb_deflate(struct vballoon *vb, unsigned int units)
 	return n;
 }
 
-/*
- * Units to give back on this OOM notification: oom_pages, doubled for each
- * notification that follows the last within a second, up to VB_OOM_BURST
- * times. A task that keeps running out (a load that rose before the host
- * gave memory back) then gets it in a few notifications, each costing a
- * failed reclaim, rather than in hundreds of 1 MiB steps. The notifiers
- * run under oom_lock: the burst state needs no lock of its own.
- */
-static unsigned int vb_oom_units(struct vballoon *vb)
-{
-	unsigned long now = jiffies;
-	u64 units;
-
-	if (vb->oom_last && time_before(now, vb->oom_last + HZ))
-		vb->oom_burst = min(vb->oom_burst * 2, VB_OOM_BURST);
-	else
-		vb->oom_burst = 1;
-	vb->oom_last = now ?: 1;
-	units = (u64)READ_ONCE(oom_pages.val) * vb->oom_burst;
-	return ALIGN(min_t(u64, units, U32_MAX / 2), VB_UNITS_PER_PAGE);
-}
-
 int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 		  void *parm)
 {
 	struct vballoon *vb = container_of(nb, struct vballoon, oom_nb);
 	unsigned long *freed = parm;
-	unsigned int units = vb_oom_units(vb);
+	unsigned int units = ALIGN(READ_ONCE(oom_pages.val), VB_UNITS_PER_PAGE);
 	unsigned int done = 0, n;
 
 	atomic_inc(&vb->oom_waiting);

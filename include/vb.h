@@ -70,9 +70,6 @@
 #define VB_BACKOFF_MIN_MS	200
 #define VB_BACKOFF_MAX_MS	30000
 
-/* OOM notifications in a burst give back up to this many times oom_pages. */
-#define VB_OOM_BURST		64
-
 /* While the balloon holds pages, the reserve is checked this often. */
 #define VB_GUARD_MS		1000
 
@@ -247,9 +244,6 @@ struct vballoon {
 	atomic64_t cnt[VB_NR_COUNTERS];
 
 	struct notifier_block oom_nb;
-	/* The last OOM notification (jiffies) and its oom_pages multiple. */
-	unsigned long oom_last;
-	unsigned int oom_burst;
 	struct notifier_block reboot_nb;
 	/* vb_quiesce() ran: reporting, OOM notifier and work are stopped. */
 	bool quiesced;

@@ -7,7 +7,6 @@ from vbtest import ALL_ARCHES, MiB, case
 from vbtest.stats import compare_stats, wait_stats
 
 DOO_ON = {"deflate-on-oom": "on"}
-TRACING = "/sys/kernel/tracing"
 
 
 @case(arches=ALL_ARCHES, core=True)
@@ -42,9 +41,6 @@ def case_oom_deflate(t):
     before_vs, before = t.g.vmstat(), t.qmp.query_balloon()
     want = hog_size(t)
     mark = t.vm.console.mark()
-    if t.driver == "vballoon":
-        t.g.check(f"echo > {TRACING}/trace; "
-                  f"echo 1 > {TRACING}/events/vballoon/vballoon_oom_deflate/enable")
     out = t.g.check(f"memhog {want}", timeout=240)
     t.check(f"memhog: touched {want} MiB" in out, f"memhog did not get {want} MiB:\n{out}")
     after_vs, after = t.g.vmstat(), t.qmp.query_balloon()
@@ -58,18 +54,8 @@ def case_oom_deflate(t):
     t.check("Killed process" not in t.vm.console.text(mark), "the OOM killer killed a process")
     t.eq(t.g.meminfo()["MemTotal"], total0, "MemTotal (kB) after the OOM deflation")
     if t.driver == "vballoon":
-        t.eq(int(t.bsys("oom_deflated_pages")) * t.page, after - before,
+        t.eq(int(t.bsys("oom_deflated_pages")) * 4096, after - before,
              "sysfs oom_deflated_pages (bytes) vs the host's actual")
-        t.g.check(f"echo 0 > {TRACING}/events/vballoon/vballoon_oom_deflate/enable")
-        recs = [int(p) for p in re.findall(r"vballoon_oom_deflate: pages=(\d+)",
-                                           t.g.read(f"{TRACING}/trace"))]
-        t.log(f"{len(recs)} OOM notifications gave back {sum(recs)} pages: {recs[:12]}")
-        t.eq(sum(recs) * t.page, after - before, "pages in vballoon_oom_deflate records")
-        # notifications in a burst double what they give, 1 MiB up to 64
-        t.check(max(recs) * t.page >= 8 * MiB,
-                f"the largest OOM notification gave back {max(recs)} pages")
-        t.check(len(recs) <= (after - before) // MiB // 4,
-                f"{len(recs)} OOM notifications for {(after - before) // MiB} MiB")
 
 
 @case(allow_oom=True, timeout=300)
