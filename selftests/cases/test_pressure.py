@@ -156,6 +156,8 @@ def case_oom_late_host(t):
     has not acked, or the host discards it under the pattern."""
     if t.driver != "vballoon":
         t.skip("debugfs host_delay_ms is vballoon's")
+    if not t.g.exists("/proc/sysrq-trigger"):
+        t.skip("no /proc/sysrq-trigger (CONFIG_MAGIC_SYSRQ) to send an OOM notification")
     dev = t.load_driver("oom_pages=16384")
     name = dev.rsplit("/", 1)[1]
     delay = f"/sys/kernel/debug/vballoon/{name}-host_delay_ms"
