@@ -89,14 +89,19 @@ static long vb_available(struct vballoon *vb)
 
 /*
  * Pages the balloon may still take before MemAvailable reaches its stop
- * line, the floor plus the slack; 0 at or under it.
+ * line; 0 at or under it. With a reserve the line is the floor plus the
+ * slack, so that the reserve's give-back (vb_shortfall()) and inflation
+ * never take turns on the same pages; without one nothing gives pages
+ * back, and the line is the floor itself.
  */
 unsigned long vb_room(struct vballoon *vb)
 {
 	unsigned long floor = vb_floor(vb);
-	unsigned long stop = floor + vb_slack(floor);
+	unsigned long stop = floor;
 	long avail = vb_available(vb);
 
+	if (READ_ONCE(vb->reserve_mib))
+		stop += vb_slack(floor);
 	return avail > 0 && (unsigned long)avail > stop ? avail - stop : 0;
 }
 
