@@ -1,11 +1,14 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # Install what building, testing and linting vballoon needs on Debian 12,
-# then the other suites' kernels (scripts/kernels.sh setup).
+# then the other suites' kernels (scripts/kernels.sh setup) and the QEMU
+# hosts besides this machine's own (scripts/hosts.sh setup: Debian 13's
+# QEMU 10.0 in a trixie root of its own).
 # Usage: scripts/deps.sh [--if-missing]
 #   --if-missing  only call apt-get when something is actually missing
 set -eu
 kernels="$(dirname "$0")/kernels.sh"
+hosts="$(dirname "$0")/hosts.sh"
 
 PKGS="build-essential kmod cpio xz-utils zstd python3 sparse busybox-static \
 qemu-system-x86 qemu-system-arm qemu-utils \
@@ -36,10 +39,13 @@ elif [ "${1:-}" != "--if-missing" ]; then
 	echo "deps: everything is installed"
 fi
 
-# The chroots only when never set up with --if-missing (no apt call then);
-# make deps follows the suites to their current kernels.
+# The chroots and the QEMU roots only when never set up with --if-missing
+# (no apt call then); make deps follows the suites to their current
+# kernels and trixie to its current QEMU.
 if [ "${1:-}" = "--if-missing" ]; then
 	"$kernels" setup --if-missing
+	"$hosts" setup --if-missing
 else
 	"$kernels" setup
+	"$hosts" setup
 fi
