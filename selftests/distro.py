@@ -1380,7 +1380,7 @@ class FirmwareVM(VM):
         accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,thread=single"]
         dev = ",".join(["virtio-balloon-pci", "id=balloon0"] +
                        [f"{k}={v}" for k, v in c.device])
-        return [p.qemu, "-machine", "q35,smm=on", *accel, "-cpu", "max",
+        return [self.host.qemu(p.qemu), "-machine", "q35,smm=on", *accel, "-cpu", "max",
                 "-global", "driver=cfi.pflash01,property=secure,value=on",
                 "-global", "ICH9-LPC.disable_s3=1",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
