@@ -93,9 +93,9 @@ setup() {
 	printf '#!/bin/sh\nexit 101\n' >"$c/usr/sbin/policy-rc.d"
 	chmod 755 "$c/usr/sbin/policy-rc.d"
 	say "apt-get install $PKGS from $suite"
+	# shellcheck disable=SC2086
 	{
 		in_chroot "$c" apt-get update -q &&
-		# shellcheck disable=SC2086
 		in_chroot "$c" apt-get install -y -q $PKGS &&
 		in_chroot "$c" apt-get upgrade -y -q &&
 		in_chroot "$c" apt-get clean
