@@ -26,6 +26,10 @@
 #   make check-distro     the package and distribution boot tests alone
 #   make check-upgrade    a Debian 13 guest upgrading to trixie-backports' kernel
 #   make check-secureboot the Secure Boot guest alone (OVMF, shim, DKMS's key)
+#
+# HOST_QEMU=10.0 runs every guest of any target on that QEMU (Debian 13's,
+# from scripts/hosts.sh); by default this machine's own (7.2), and make
+# check runs the core cases on the other hosts as well.
 
 KVER ?= $(shell uname -r)
 # The running kernel may have no headers (a container, a build box): then
@@ -53,6 +57,12 @@ CHROOT_KERNELS := $(filter-out $(HOST_KERNELS),$(shell scripts/kernels.sh list 2
 endif
 KERNELS = $(sort $(HOST_KERNELS) $(CHROOT_KERNELS))
 PYTHON ?= python3
+# read by selftests/vbtest/platform.py
+HOST_QEMU ?=
+export HOST_QEMU
+# the hosts besides this machine's QEMU that make check runs the core
+# cases on: none when HOST_QEMU names one
+CHECK_QEMU_CORE ?= $(if $(HOST_QEMU),,$(shell scripts/hosts.sh list 2>/dev/null | cut -d' ' -f1))
 MODPROBE_CONF := /etc/modprobe.d/vballoon.conf
 
 .PHONY: all modules clean all-kernels cross-arm64 check check-suite check-arm64 check-debug check-distro check-upgrade \
@@ -120,7 +130,8 @@ check-suite:
 	$(MAKE) cross-arm64 ARM64_FLAVOURS="$(CHECK_ARM64)"
 	$(PYTHON) selftests/runner.py $(addprefix --kernel ,$(CHECK_KERNELS)) \
 		$$(scripts/arm64.sh --guest $(CHECK_ARM64) | sed 's/^/--kernel /') \
-		--core $(addprefix --full ,$(CHECK_FULL)) $(CHECK_ARGS)
+		--core $(addprefix --full ,$(CHECK_FULL)) \
+		$(addprefix --qemu-core ,$(CHECK_QEMU_CORE)) $(CHECK_ARGS)
 	$(PYTHON) selftests/distro.py $(DISTRO_ARGS)
 
 # The cases that run on arm64 (selftests/cases, arches=ALL_ARCHES), on the

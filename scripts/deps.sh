@@ -1,7 +1,9 @@
 #!/bin/sh
 # SPDX-License-Identifier: GPL-2.0
 # Install what building, testing and linting vballoon needs on Debian 12,
-# then the other suites' kernels (scripts/kernels.sh setup).
+# then the other suites' kernels (scripts/kernels.sh setup) and the QEMU
+# hosts besides this machine's own (scripts/hosts.sh setup: Debian 13's
+# QEMU 10.0 in a trixie root of its own).
 # Usage: scripts/deps.sh [--if-missing] [--host-only]
 #   --if-missing  only call apt-get when something is actually missing
 #   --host-only   only what make run needs: build the module for this
@@ -10,6 +12,7 @@
 #                 packaging or lint tools
 set -eu
 kernels="$(dirname "$0")/kernels.sh"
+hosts="$(dirname "$0")/hosts.sh"
 
 if_missing="" host_only=""
 for a in "$@"; do
@@ -60,10 +63,13 @@ fi
 # other suites' chroots.
 [ -z "$host_only" ] || exit 0
 
-# The chroots only when never set up with --if-missing (no apt call then);
-# make deps follows the suites to their current kernels.
+# The chroots and the QEMU roots only when never set up with --if-missing
+# (no apt call then); make deps follows the suites to their current
+# kernels and trixie to its current QEMU.
 if [ -n "$if_missing" ]; then
 	"$kernels" setup --if-missing
+	"$hosts" setup --if-missing
 else
 	"$kernels" setup
+	"$hosts" setup
 fi

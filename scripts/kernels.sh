@@ -7,6 +7,8 @@
 # as DKMS would build it there. The kernel image and modules are unpacked
 # (not installed) under $VB_CACHE/x86/root for the selftests to boot.
 # The cache lives outside the clone: a fresh clone on this machine reuses it.
+# Debian's archive is the one this machine's APT uses (scripts/mirror.sh;
+# VB_MIRROR overrides it).
 #
 # Usage: scripts/kernels.sh setup [--if-missing] [SUITE...]
 #        scripts/kernels.sh list
@@ -28,7 +30,6 @@ bullseye bullseye bullseye-security debian-security:bullseye-security
 trixie   trixie   trixie-backports  debian:trixie-backports
 sid      sid      sid
 "
-MIRROR=http://deb.debian.org
 # what kbuild needs besides the headers package, which pulls its compiler;
 # sparse for make lint's C=2
 TOOLS="make libc6-dev libelf-dev sparse kmod xz-utils"
@@ -54,6 +55,15 @@ suite() {
 }
 
 suites() { echo "$SUITES" | awk 'NF { printf "%s ", $1 }'; }
+
+# archive NAME: the URL of Debian's archive NAME (debian, debian-security)
+archive() {
+	case $1 in
+	debian) echo "$mirror" ;;
+	debian-security) echo "$security" ;;
+	*) die "unknown archive $1" ;;
+	esac
+}
 
 # in_chroot DIR [BIND...] -- COMMAND...: run COMMAND in the chroot DIR with
 # /proc (7.x's objtool reads it) and each BIND directory at its own path.
@@ -89,16 +99,16 @@ setup_one() {
 	log=$logs/$name.log
 	: >"$log"
 	if [ ! -x "$c/usr/bin/apt-get" ]; then
-		say "$name: debootstrap $release (log: $log)"
+		say "$name: debootstrap $release from $mirror (log: $log)"
 		rm -rf "$c.new"
-		debootstrap --variant=minbase "$release" "$c.new" "$MIRROR/debian" \
-			>>"$log" 2>&1 || { tail -n 20 "$log" >&2; return 1; }
+		http_proxy=$proxy debootstrap --variant=minbase "$release" "$c.new" \
+			"$mirror" >>"$log" 2>&1 || { tail -n 20 "$log" >&2; return 1; }
 		mv "$c.new" "$c"
 	fi
 	{
-		echo "deb $MIRROR/debian $release main"
+		echo "deb $mirror $release main"
 		for s in $extra; do
-			echo "deb $MIRROR/${s%%:*} ${s#*:} main"
+			echo "deb $(archive "${s%%:*}") ${s#*:} main"
 		done
 	} >"$c/etc/apt/sources.list"
 	# sid's Release outlives its Valid-Until by this machine's clock
@@ -108,6 +118,8 @@ setup_one() {
 	APT::Install-Recommends "false";
 	APT::Sandbox::User "root";
 	EOF
+	[ -z "$proxy" ] ||
+		echo "Acquire::http::Proxy \"$proxy\";" >>"$c/etc/apt/apt.conf.d/90vballoon"
 
 	say "$name: apt-get install linux-headers-amd64 from $target"
 	{
@@ -192,7 +204,8 @@ kver_suite() {
 # as_root ARGS...: run this script again with ARGS under sudo unless root
 as_root() {
 	[ "$(id -u)" = 0 ] && return 0
-	exec sudo env VB_CACHE="$VB_CACHE" "$0" "$@"
+	exec sudo env VB_CACHE="$VB_CACHE" ${VB_MIRROR:+VB_MIRROR="$VB_MIRROR"} \
+		${VB_SECURITY_MIRROR:+VB_SECURITY_MIRROR="$VB_SECURITY_MIRROR"} "$0" "$@"
 }
 
 cmd=${1:-}
@@ -225,6 +238,9 @@ setup)
 	todo "$@"
 	[ -n "$todo" ] || exit 0
 	command -v debootstrap >/dev/null || die "no debootstrap (run make deps)"
+	mirror=$("$top/scripts/mirror.sh" debian)
+	security=$("$top/scripts/mirror.sh" debian-security)
+	proxy=$("$top/scripts/mirror.sh" proxy)
 	# the suites in parallel: most of the time is spent downloading
 	t0=$(date +%s)
 	pids=""
@@ -265,7 +281,7 @@ build)
 		M="$dir" "$@" modules
 	;;
 *)
-	sed -n '11,20s/^# \{0,1\}//p' "$0" >&2
+	sed -n '13,22s/^# \{0,1\}//p' "$0" >&2
 	exit 2
 	;;
 esac

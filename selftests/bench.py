@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from vbtest import initramfs  # noqa: E402
 from vbtest.plot import gnuplot  # noqa: E402
+from vbtest import platform as vbplatform  # noqa: E402
 from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -384,8 +385,9 @@ def machine():
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], text=True,
-                          stdout=subprocess.PIPE).stdout.splitlines()[0]
+    # HOST_QEMU's, which boot() runs
+    qemu = subprocess.run([vbplatform.host().qemu("qemu-system-x86_64"), "--version"],
+                          text=True, stdout=subprocess.PIPE).stdout.splitlines()[0]
     return {"cpu": cpu, "cores": os.cpu_count(), "host_kernel": platform.release(),
             "qemu": qemu}
 

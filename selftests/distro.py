@@ -429,31 +429,18 @@ def step_make_install(note, run, version, kernels):
 
 
 # -- the Debian guest -------------------------------------------------------------
-def apt_mirror(suite):
-    """The first Debian mirror in this machine's APT sources that has suite."""
-    d = Path("/etc/apt/sources.list.d")
-    for f in [Path("/etc/apt/sources.list")] + sorted(d.glob("*.list")) + \
-            sorted(d.glob("*.sources")):
-        if not f.is_file():
-            continue
-        text = f.read_text(errors="replace")
-        if f.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                kv = {}
-                for line in stanza.splitlines():
-                    k, sep, v = line.partition(":")
-                    if sep and not line.startswith((" ", "\t", "#")):
-                        kv[k.strip().lower()] = v.strip()
-                if ("deb" in kv.get("types", "").split() and
-                        suite in kv.get("suites", "").split() and
-                        kv.get("enabled", "yes") != "no" and kv.get("uris")):
-                    return kv["uris"].split()[0]
-        else:
-            for line in text.splitlines():
-                w = re.sub(r"\[[^]]*\]", "", line).split()
-                if len(w) >= 3 and w[0] == "deb" and w[2] == suite:
-                    return w[1]
-    return "http://deb.debian.org/debian"
+def apt_mirror():
+    """Debian's archive as this machine's APT reaches it: VB_MIRROR, or the
+    sources in /etc/apt (scripts/mirror.sh); users sit behind local mirrors
+    and caching proxies, so no archive host is named here."""
+    return sh([REPO / "scripts" / "mirror.sh", "debian"]).strip()
+
+
+def apt_env():
+    """The environment for debootstrap and a chroot's apt: APT's HTTP proxy
+    of this machine, if it has one, as http_proxy."""
+    proxy = sh([REPO / "scripts" / "mirror.sh", "proxy"]).strip()
+    return {"http_proxy": proxy} if proxy else {}
 
 
 def umount_under(path):
@@ -474,12 +461,13 @@ def ensure_rootfs(note, mirror):
     if tar.exists() and stamp.exists() and stamp.read_text().strip() == how:
         note(f"cached {tar} (debootstrap {how})")
         return tar
-    mirror = mirror or apt_mirror(SUITE)
+    mirror = mirror or apt_mirror()
     tmp = CACHE / f"rootfs-{SUITE}.tmp"
     umount_under(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
-    sh(["debootstrap", *DEBOOTSTRAP, SUITE, tmp, mirror], log=CACHE / "debootstrap.log")
+    sh(["debootstrap", *DEBOOTSTRAP, SUITE, tmp, mirror], log=CACHE / "debootstrap.log",
+       env={**os.environ, **apt_env()})
     for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
     sh(["tar", "--numeric-owner", "-C", tmp, "-cf", f"{tar}.tmp", "."])
@@ -796,9 +784,10 @@ UP_APT_TIMEOUT = 1800
 def in_chroot(root, cmd, log, ok=(0,)):
     """Run the shell command cmd in the chroot root, with /proc (objtool,
     DKMS) in a private mount namespace: the mount goes with the process."""
+    proxy = " ".join(f"{k}={shlex.quote(v)}" for k, v in apt_env().items())
     script = ('mount -t proc proc "$1/proc" && exec chroot "$1" /usr/bin/env -i '
               'PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 '
-              'DEBIAN_FRONTEND=noninteractive /bin/sh -ec "$2"')
+              f'DEBIAN_FRONTEND=noninteractive {proxy} /bin/sh -ec "$2"')
     return sh(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                "sh", root, cmd], log=log, ok=ok)
 
@@ -829,14 +818,15 @@ def ensure_trixie_rootfs(note, mirror):
             abi, cloud = lines[1].split()
             note(f"cached {tar} ({lines[2]}; repo: {abi}, {cloud})")
             return tar, stamp, abi, cloud, lines[2]
-    mirror = mirror or apt_mirror("bookworm")
+    mirror = mirror or apt_mirror()
     log = CACHE / f"rootfs-{UP_SUITE}.log"
     log.write_text("")
     tmp = CACHE / f"rootfs-{UP_SUITE}.tmp"
     umount_under(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
-    sh(["debootstrap", *UP_DEBOOTSTRAP, UP_SUITE, tmp, mirror], log=log)
+    sh(["debootstrap", *UP_DEBOOTSTRAP, UP_SUITE, tmp, mirror], log=log,
+       env={**os.environ, **apt_env()})
     t1 = time.monotonic()
     (tmp / "etc/apt/sources.list").write_text(
         f"deb {mirror} {UP_SUITE} main\ndeb {mirror} {UP_BACKPORTS} main\n")
@@ -1204,14 +1194,15 @@ def ensure_sb_rootfs(note, mirror):
         note(f"cached {tar}")
         return tar
     SB_CACHE.mkdir(parents=True, exist_ok=True)
-    mirror = mirror or apt_mirror(SB_SUITE)
+    mirror = mirror or apt_mirror()
     log = SB_CACHE / "rootfs.log"
     log.write_text("")
     tmp = SB_CACHE / "rootfs.tmp"
     umount_under(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.monotonic()
-    sh(["debootstrap", *SB_DEBOOTSTRAP, SB_SUITE, tmp, mirror], log=log)
+    sh(["debootstrap", *SB_DEBOOTSTRAP, SB_SUITE, tmp, mirror], log=log,
+       env={**os.environ, **apt_env()})
     t1 = time.monotonic()
     (tmp / "etc/apt/sources.list").write_text(f"deb {mirror} {SB_SUITE} main\n")
     (tmp / "etc/apt/apt.conf.d/90vballoon").write_text(
@@ -1389,7 +1380,7 @@ class FirmwareVM(VM):
         accel = ["-accel", "kvm"] if self.accel == "kvm" else ["-accel", "tcg,thread=single"]
         dev = ",".join(["virtio-balloon-pci", "id=balloon0"] +
                        [f"{k}={v}" for k, v in c.device])
-        return [p.qemu, "-machine", "q35,smm=on", *accel, "-cpu", "max",
+        return [self.host.qemu(p.qemu), "-machine", "q35,smm=on", *accel, "-cpu", "max",
                 "-global", "driver=cfi.pflash01,property=secure,value=on",
                 "-global", "ICH9-LPC.disable_s3=1",
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
@@ -1632,8 +1623,8 @@ def parse_args():
                    help="guests running at a time, one per kernel (default: 2)")
     p.add_argument("--no-make-install", action="store_true",
                    help="skip the make install/uninstall test")
-    p.add_argument("--mirror", help="Debian mirror for debootstrap (default: from "
-                                    "/etc/apt/sources.list*)")
+    p.add_argument("--mirror", help="Debian's archive for debootstrap (default: "
+                                    "VB_MIRROR, or this machine's APT sources)")
     p.add_argument("--accel", choices=["kvm", "tcg"], help="skip the KVM probe")
     p.add_argument("--upgrade", action="store_true",
                    default=os.environ.get("DISTRO_UPGRADE") == "1",

@@ -107,8 +107,8 @@ def skip_gic_abort(t):
         time.sleep(0.2)
     if not t.vm.alive() and \
             "gicv3_cpuif_update: assertion failed" in t.vm.qemu_log():
-        t.skip("QEMU 7.2 aborted in gicv3_cpuif_update (an interrupt "
-               "raised without its big lock under TCG)")
+        t.skip(f"QEMU {t.host.version} aborted in gicv3_cpuif_update (an "
+               "interrupt raised without its big lock under TCG)")
 
 
 def resume_hinted(t, vm2, img, job):

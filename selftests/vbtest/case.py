@@ -113,7 +113,8 @@ def discover(cases_dir=CASES_DIR):
 class Context:
     """What a case function gets (conventionally named t).
 
-    Attributes: kver, driver (module name), spec, config, params, vm, g
+    Attributes: kver, driver (module name), host (the QEMU: platform.Host,
+    e.g. host.version_tuple >= (9, 1)), spec, config, params, vm, g
     (Guest), qmp (QMP), mem (guest RAM in bytes), balloon_qom (QOM path),
     page (the guest's page size in bytes; the balloon protocol counts 4 KiB
     units whatever it is, sysfs *_pages and /proc/vmstat count guest pages),
@@ -123,6 +124,7 @@ class Context:
 
     def __init__(self, spec, vm, kver, driver, verbose=False):
         self.spec, self.vm, self.kver, self.driver = spec, vm, kver, driver
+        self.host = vm.host     # the QEMU running the guest (platform.Host)
         self.ended = False      # the case ends the guest on purpose
         self.config = spec.config
         self.params = spec.params

@@ -54,9 +54,11 @@ def verify_pattern(t, guest, job, what, timeout=120):
 
 
 def sibling(t, name, config):
-    """Another QEMU for the same kernel and image, next to the case's own."""
+    """Another QEMU (the same host) for the same kernel and image, next to
+    the case's own."""
     return VM(t.kver, t.vm.initrd, config,
-              t.vm.workdir.parent / f"{t.vm.workdir.name}-{name}", t.vm.accel)
+              t.vm.workdir.parent / f"{t.vm.workdir.name}-{name}", t.vm.accel,
+              t.vm.host)
 
 
 def check_console(t, vm, what):

@@ -8,8 +8,17 @@ follows from its release string (Debian's arm64 kernels end in -arm64 or
 $VB_CACHE/x86/root by scripts/kernels.sh setup; arm64 kernels are Debian's
 packages unpacked (not installed) under build/arm64/root by
 scripts/arm64.sh --guest.
+
+A guest runs on a QEMU host (Host): this machine's own QEMU (7.2 on
+Debian 12), or one that scripts/hosts.sh set up from another release
+(Debian 13's 10.0, run through its own root's loader by a wrapper under
+$VB_CACHE/qemu/*-bin). HOST_QEMU names the one to use by default.
 """
+import functools
 import os
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +27,80 @@ ARM64_ROOT = REPO / "build" / "arm64" / "root"
 DEBUG_ROOT = REPO / "build" / "debug" / "root"
 VB_CACHE = Path(os.environ.get("VB_CACHE") or "/var/cache/vballoon")
 SUITES_ROOT = VB_CACHE / "x86" / "root"
+HOSTS_DIR = VB_CACHE / "qemu"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A QEMU to run guests with."""
+    name: str               # its major.minor, e.g. "7.2", "10.0"
+    version: str            # e.g. "7.2.22"
+    bindir: Path = None     # its qemu-system-* wrappers; None: from PATH
+
+    @property
+    def system(self):
+        """This machine's own QEMU (the one make deps installs)."""
+        return self.bindir is None
+
+    @property
+    def version_tuple(self):
+        return tuple(int(x) for x in self.name.split("."))
+
+    def qemu(self, binary):
+        """The command that runs binary (e.g. qemu-system-x86_64) here."""
+        return binary if self.bindir is None else str(self.bindir / binary)
+
+    def has(self, binary):
+        if self.bindir is None:
+            return shutil.which(binary) is not None
+        return os.access(self.bindir / binary, os.X_OK)
+
+    def __str__(self):
+        return f"QEMU {self.version}" + ("" if self.system else f" ({self.bindir})")
+
+
+def _short(version):
+    return ".".join(version.split(".")[:2])
+
+
+@functools.lru_cache(maxsize=None)
+def hosts():
+    """Every QEMU host found here: this machine's own first (if it has
+    one), then those of scripts/hosts.sh, without a second of the same
+    version."""
+    out = []
+    for binary in ("qemu-system-x86_64", "qemu-system-aarch64"):
+        if shutil.which(binary):
+            r = subprocess.run([binary, "--version"], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+            m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", r.stdout)
+            if m:
+                out.append(Host(_short(m.group(1)), m.group(1)))
+                break
+    for f in sorted(HOSTS_DIR.glob("*-bin/version")):
+        version = f.read_text().strip()
+        if version and all(h.name != _short(version) for h in out):
+            out.append(Host(_short(version), version, f.parent))
+    return out
+
+
+def host(name=None):
+    """The host called name (its major.minor or full version), by default
+    HOST_QEMU's, or this machine's own QEMU. Exits naming the hosts there
+    are when there is none of that name."""
+    name = name or os.environ.get("HOST_QEMU") or None
+    found = hosts()
+    if name is None:
+        if found:
+            return found[0]
+        raise SystemExit("no QEMU here (run make deps)")
+    name = name.removeprefix("qemu-")
+    for h in found:
+        if name in (h.name, h.version):
+            return h
+    raise SystemExit(f"no QEMU host {name!r} here (there are: "
+                     f"{', '.join(h.name for h in found) or 'none'}; make deps "
+                     "sets up scripts/hosts.sh's)")
 
 
 @dataclass(frozen=True)
@@ -144,8 +227,7 @@ def all_kernels():
     return [k for p in PLATFORMS for k in p.kernels()]
 
 
-def available(plat):
-    """Whether this host can run guests of plat (QEMU and busybox there)."""
-    return any(os.access(Path(d) / plat.qemu, os.X_OK)
-               for d in os.environ.get("PATH", "/usr/bin").split(":")) \
-        and plat.busybox.exists()
+def available(plat, qemu_host=None):
+    """Whether the QEMU host (by default host()) can run guests of plat
+    (its QEMU for them, and busybox here)."""
+    return (qemu_host or host()).has(plat.qemu) and plat.busybox.exists()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .guest import Guest
-from .platform import native, page_size, platform_of
+from .platform import host as default_host, native, page_size, platform_of
 from .qmp import BALLOON_QOM, QMP
 
 # Passed explicitly so results do not depend on QEMU's version defaults.
@@ -143,8 +143,10 @@ def _die_with_parent():
 class VM:
     """A running guest.  Use boot() to get one that answers commands."""
 
-    def __init__(self, kver, initrd, config, workdir, accel="tcg"):
+    def __init__(self, kver, initrd, config, workdir, accel="tcg", host=None):
         self.kver, self.initrd, self.config, self.accel = kver, initrd, config, accel
+        # the QEMU that runs it (platform.Host): HOST_QEMU's by default
+        self.host = host or default_host()
         self.plat = platform_of(kver)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +188,8 @@ class VM:
         balloon = "virtio-balloon-device" if c.mmio else "virtio-balloon-pci"
         props = [f"{k}={v}" for k, v in c.device]
         if p.name == "arm64" and self.accel == "tcg" and \
-                c.dev.get("free-page-hint") == "on":
+                c.dev.get("free-page-hint") == "on" and \
+                self.host.version_tuple < (10, 0):
             # QEMU 7.2 signals the used free page hints from its hinting
             # iothread without the big lock, and the arm GIC under TCG
             # aborts on that ("gicv3_cpuif_update: assertion failed").
@@ -195,6 +198,10 @@ class VM:
             # first used buffer still crosses used_event 0 and signals.
             # Without EVENT_IDX the no-interrupt flag holds throughout
             # (vballoon declines it there; the in-tree driver does not).
+            # QEMU 10.0 still signals from the iothread, but gives the
+            # balloon MSI-X vectors, and the free page queue, which has no
+            # callback, gets none: the signal goes nowhere, and the in-tree
+            # driver with EVENT_IDX hints through a migration there.
             props.append("event_idx=off")
         dev = ",".join([balloon, "id=balloon0"] + props)
         agent_dev = "/dev/hvc0" if c.mmio else p.agent_dev
@@ -208,7 +215,8 @@ class VM:
             extra = "tsc_early_khz=2000000"
         cmdline = (f"console={p.console},115200 vbagent={agent_dev} {BASE_CMDLINE} "
                    f"{p.cmdline} {'' if c.mmio else p.pci_cmdline} {extra} {c.cmdline}")
-        return [p.qemu, *machine, *accel, "-m", f"{self.ram_kib}K", "-smp", str(c.smp),
+        return [self.host.qemu(p.qemu), *machine, *accel, "-m", f"{self.ram_kib}K",
+                "-smp", str(c.smp),
                 # named threads: a QEMU core or hang shows which one
                 "-name", "vbtest,debug-threads=on",
                 "-display", "none", "-nodefaults", "-no-user-config",
@@ -287,14 +295,16 @@ class VM:
         return out
 
 
-def boot(kver, initrd, config, workdir, accel, attempts=2, log=lambda s: None):
-    """Boot a guest, retrying once (TCG occasionally oopses in early boot).
+def boot(kver, initrd, config, workdir, accel, attempts=2, log=lambda s: None,
+         host=None):
+    """Boot a guest on the QEMU host (by default HOST_QEMU's), retrying
+    once (TCG occasionally oopses in early boot).
 
     Returns (vm, None) or (None, failed_vm_of_the_last_attempt).
     """
     last = None
     for attempt in range(1, attempts + 1):
-        vm = VM(kver, initrd, config, Path(f"{workdir}-a{attempt}"), accel)
+        vm = VM(kver, initrd, config, Path(f"{workdir}-a{attempt}"), accel, host)
         if vm.start():
             return vm, None
         log(f"boot attempt {attempt} of {kver} [{config.describe()}] failed")
@@ -303,14 +313,14 @@ def boot(kver, initrd, config, workdir, accel, attempts=2, log=lambda s: None):
     return None, last
 
 
-def probe_kvm(kver, initrd, workdir, timeout=30):
+def probe_kvm(kver, initrd, workdir, timeout=30, host=None):
     """'kvm' if /dev/kvm exists and boots a guest within timeout, else 'tcg'.
 
     Only a guest of the host's own architecture can use KVM.
     """
     if not native(kver) or not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg"
-    vm = VM(kver, initrd, VMConfig.make(mem=256, smp=1), workdir, accel="kvm")
+    vm = VM(kver, initrd, VMConfig.make(mem=256, smp=1), workdir, accel="kvm", host=host)
     try:
         return "kvm" if vm.start(timeout) else "tcg"
     finally:

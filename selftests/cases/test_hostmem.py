@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-2.0
+"""The host's memory behind the guest: huge pages given back."""
+import os
+import re
+import time
+
+from vbtest import MiB, case
+from vbtest.hostmem import anon_huge_kb, huge_free, hugetlb_guest
+from vbtest.migration import check_console
+
+# What the driver must show before hugetlb_inflate can pass: it keeps
+# huge_first, and says it sends each 2 MiB block as one buffer.
+HUGE_CHAIN_MISSING = "driver sends 2 MiB blocks in two buffers"
+
+
+def huge_chain(t, dev):
+    """Whether the loaded vballoon says that it sends each 2 MiB block as
+    one buffer (one descriptor chain): a sysfs attribute balloon/huge_chain,
+    or a huge_chain: line in its debugfs file, beside the huge_first
+    parameter."""
+    if not t.g.exists("/sys/module/vballoon/parameters/huge_first"):
+        return False
+    if t.g.exists(f"{dev}/balloon/huge_chain"):
+        return True
+    name = dev.rsplit("/", 1)[1]
+    rc, text = t.g.run(f"cat /sys/kernel/debug/vballoon/{name}")
+    return rc == 0 and re.search(r"^huge_chain:", text, re.M) is not None
+
+
+@case(timeout=420, fresh=True)
+def case_hugetlb_inflate(t):
+    """A guest on 2 MiB hugetlb pages (memory-backend-memfd, hugetlb=on)
+    touches and frees most of its memory, then inflates half of it: the
+    host's HugePages_Free rises by at least 90% of the ballooned MiB / 2,
+    as QEMU discards a host huge page only when all its 4 KiB pieces come
+    in one buffer."""
+    if t.driver != "vballoon":
+        t.skip("vballoon's huge_first")
+    dev = t.load_driver()
+    # VB_HUGE_CHAIN=1 runs it all the same, to see the figure before the
+    # driver says so
+    if not huge_chain(t, dev) and not os.environ.get("VB_HUGE_CHAIN"):
+        t.skip(HUGE_CHAIN_MISSING)
+    t.unload_driver()
+
+    with hugetlb_guest(t) as vm:
+        g, qmp = vm.guest, vm.qmp
+        mem = vm.ram_kib * 1024
+        g.check(f"insmod /lib/{t.driver}.ko")
+        # every guest page faulted in on the host, then free again
+        hog = g.meminfo()["MemAvailable"] // 1024 - 96
+        out = g.check(f"memhog {hog}", timeout=180)
+        t.check(f"touched {hog} MiB" in out, f"memhog {hog}:\n{out}")
+        free0 = huge_free()
+        t.log(f"guest touched and freed {hog} MiB: host HugePages_Free {free0}")
+        target = mem // 2
+        total0 = g.meminfo()["MemTotal"]
+        qmp.balloon(target)
+        actual = qmp.wait_actual(target, 180)
+        held = mem - actual
+        t.near(g.meminfo()["MemTotal"], total0 - held // 1024, 2048,
+               "guest MemTotal (kB) with half its memory ballooned")
+        # QEMU discards as it takes each buffer: give the last ones a moment
+        deadline = time.monotonic() + 10
+        want = int(0.9 * (held // MiB) / 2)
+        while huge_free() - free0 < want and time.monotonic() < deadline:
+            time.sleep(0.5)
+        rose = huge_free() - free0
+        t.log(f"ballooned {held // MiB} MiB: HugePages_Free rose by {rose} "
+              f"(want >= {want}); QEMU's AnonHugePages {anon_huge_kb(vm.proc.pid)} kB")
+        t.check(rose >= want, f"HugePages_Free rose by {rose} for {held // MiB} MiB "
+                f"ballooned: want >= {want} (90% of the 2 MiB pages)")
+        qmp.balloon(mem)
+        qmp.wait_actual(mem, 180)
+        check_console(t, vm, "hugetlb guest")
