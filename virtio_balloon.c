@@ -206,9 +206,11 @@ static int vb_validate(struct virtio_device *vdev)
 
 	/*
 	 * The hint queue wants no interrupt, but with EVENT_IDX a device
-	 * signals its first used buffer after each reset, and QEMU does so
-	 * from its hinting iothread without its big lock, racing the vCPUs
-	 * on the shared interrupt line. Without EVENT_IDX the flag holds.
+	 * signals its first used buffer after each reset, and QEMU (7.2 and
+	 * 10.0 alike) does so from its hinting iothread without its big lock:
+	 * on an INTx or virtio-mmio transport that races the vCPUs (x86) or
+	 * aborts QEMU (arm64). Vectors are not known yet here; without
+	 * EVENT_IDX the no-interrupt flag holds on any transport.
 	 */
 	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
 		__virtio_clear_bit(vdev, VIRTIO_RING_F_EVENT_IDX);

@@ -67,6 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vbtest import initramfs  # noqa: E402
 from vbtest.plot import gnuplot  # noqa: E402
 from vbtest import platform as vbplatform  # noqa: E402
+from vbtest.hostmem import huge_free, hugepages, hugetlb_args  # noqa: E402
 from vbtest.vm import VMConfig, boot, console_problems, probe_kvm  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,54 +235,30 @@ def oom_rep(kver, mem, image, workdir, accel, driver):
     return r
 
 
-def hugepages_free():
-    """The host's free 2 MiB huge pages."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("HugePages_Free:"):
-            return int(line.split()[1])
-    return 0
+class BenchContext:
+    """What vbtest.hostmem.hugepages() asks of a case, for the bench."""
 
+    @staticmethod
+    def skip(msg):
+        sys.exit(f"bench: {msg}")
 
-class HugePages:
-    """Reserve n 2 MiB huge pages on the host for a with-block, and put the
-    reservation back as it was however the block ends."""
-    PATH = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
-
-    def __init__(self, n):
-        self.n, self.old = n, None
-
-    def __enter__(self):
-        self.old = int(self.PATH.read_text())
-        self.PATH.write_text(f"{self.old + self.n}\n")
-        got = int(self.PATH.read_text()) - self.old
-        if got < self.n:
-            self.PATH.write_text(f"{self.old}\n")
-            raise RuntimeError(f"host gave {got} of {self.n} huge pages")
-        return self
-
-    def __exit__(self, *exc):
-        self.PATH.write_text(f"{self.old}\n")
-
-
-def hugetlb_qemu_args(mem):
-    """A guest whose RAM is one memfd of 2 MiB hugetlbfs pages."""
-    return ("-object", f"memory-backend-memfd,id=m0,size={mem}M,hugetlb=on,hugetlbsize=2M",
-            "-machine", "memory-backend=m0")
+    @staticmethod
+    def log(msg):
+        log(msg)
 
 
 def hugetlb_rep(kver, mem, image, workdir, accel, driver):
     """MiB of host huge pages freed by ballooning half of a guest on
     hugetlbfs, against the MiB ballooned."""
     r = {}
-    with HugePages(mem // 2 + 8):
-        vm = start_guest(kver, mem, image, workdir, accel,
-                         qemu_args=hugetlb_qemu_args(mem))
+    with hugepages(BenchContext, mem // 2):
+        vm = start_guest(kver, mem, image, workdir, accel, qemu_args=hugetlb_args(mem))
         try:
             touch(vm)
-            free0 = hugepages_free()
+            free0 = huge_free()
             timed_balloon(vm, mem * MiB // 2)
             ballooned = (mem * MiB - vm.qmp.query_balloon()) // MiB
-            r["hugetlb_freed_mib"] = (hugepages_free() - free0) * 2
+            r["hugetlb_freed_mib"] = (huge_free() - free0) * 2
             r["hugetlb_ballooned_mib"] = ballooned
             timed_balloon(vm, mem * MiB)
             no_problems(vm, driver, kver)

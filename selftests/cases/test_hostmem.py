@@ -1,30 +1,13 @@
 # SPDX-License-Identifier: GPL-2.0
 """The host's memory behind the guest: huge pages given back."""
-import os
-import re
 import time
 
 from vbtest import MiB, case
 from vbtest.hostmem import anon_huge_kb, huge_free, hugetlb_guest
 from vbtest.migration import check_console
 
-# What the driver must show before hugetlb_inflate can pass: it keeps
-# huge_first, and says it sends each 2 MiB block as one buffer.
-HUGE_CHAIN_MISSING = "driver sends 2 MiB blocks in two buffers"
-
-
-def huge_chain(t, dev):
-    """Whether the loaded vballoon says that it sends each 2 MiB block as
-    one buffer (one descriptor chain): a sysfs attribute balloon/huge_chain,
-    or a huge_chain: line in its debugfs file, beside the huge_first
-    parameter."""
-    if not t.g.exists("/sys/module/vballoon/parameters/huge_first"):
-        return False
-    if t.g.exists(f"{dev}/balloon/huge_chain"):
-        return True
-    name = dev.rsplit("/", 1)[1]
-    rc, text = t.g.run(f"cat /sys/kernel/debug/vballoon/{name}")
-    return rc == 0 and re.search(r"^huge_chain:", text, re.M) is not None
+# A buffer holds a whole 2 MiB block only with batch at 512 frame numbers.
+BLOCK_PFNS = 512
 
 
 @case(timeout=420, fresh=True)
@@ -36,11 +19,10 @@ def case_hugetlb_inflate(t):
     in one buffer."""
     if t.driver != "vballoon":
         t.skip("vballoon's huge_first")
-    dev = t.load_driver()
-    # VB_HUGE_CHAIN=1 runs it all the same, to see the figure before the
-    # driver says so
-    if not huge_chain(t, dev) and not os.environ.get("VB_HUGE_CHAIN"):
-        t.skip(HUGE_CHAIN_MISSING)
+    t.load_driver()
+    batch = int(t.g.read("/sys/module/vballoon/parameters/batch"))
+    t.eq(batch, BLOCK_PFNS, "default batch (frame numbers per buffer)")
+    t.eq(t.g.read("/sys/module/vballoon/parameters/huge_first").strip(), "Y", "huge_first")
     t.unload_driver()
 
     with hugetlb_guest(t) as vm:
