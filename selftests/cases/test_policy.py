@@ -135,7 +135,7 @@ def case_stats_only(t):
 
 BAD_PARAMS = ["reserve_mib=999999", "reserve_mib=-1", "reserve_mib=ten",
               "max_balloon_pct=0", "max_balloon_pct=101", "inflate=maybe",
-              "batch=0", "batch=257", "oom_pages=0", "report_order=99"]
+              "batch=0", "batch=513", "oom_pages=0", "report_order=99"]
 
 
 @case()
