@@ -6,7 +6,7 @@
 # mirrors and caching proxies, so no archive host is named here.
 #
 # Usage: scripts/mirror.sh [debian|debian-security|proxy]
-#   debian           the archive's URL, e.g. http://deb.debian.org/debian
+#   debian           the archive's URL, as APT has it in its sources
 #   debian-security  the security archive's URL
 #   proxy            APT's HTTP proxy (Acquire::http::Proxy), empty if none
 #
