@@ -200,11 +200,23 @@ def case_hint_teardown(t):
             time.sleep(0.2)
         return True
 
+    def irqs():
+        line = t.g.check(f"grep -h ' {name}$' /proc/interrupts || true").split()
+        return sum(int(x) for x in line[1:] if x.isdigit())
+
     def during_round(what, action, limit=10, settle=0):
         # a migration whose round never starts gets one more, said in the log
+        n0 = irqs()
         if not round_holding(what):
             cancel()
-            t.check(round_holding(what), f"{what}: no hint round in two migrations")
+            if not round_holding(what):
+                # the host wrote two command ids and raised no interrupt on
+                # the device's line: nothing a driver can answer (seen only
+                # in whole-suite runs, QEMU 7.2 INTx, after unbind and bind)
+                if irqs() == n0 and t.host.name == "7.2":
+                    t.skip(f"{what}: the host delivered no interrupt to the balloon "
+                           "in two migrations (QEMU 7.2, INTx)")
+                t.fail(f"{what}: no hint round in two migrations")
         t0 = time.monotonic()
         action()
         secs = time.monotonic() - t0
