@@ -529,6 +529,8 @@ int vb_oom_notify(struct notifier_block *nb, unsigned long unused,
 	atomic64_add(done / VB_UNITS_PER_PAGE, &vb->cnt[VB_CNT_OOM_DEFLATED_PAGES]);
 	trace_vballoon_oom_deflate(done / VB_UNITS_PER_PAGE);
 	*freed += done / VB_UNITS_PER_PAGE;
+	if (done)
+		vb_pressure(vb);
 	return NOTIFY_OK;
 }
 

@@ -105,22 +105,38 @@ unsigned long vb_room(struct vballoon *vb)
 	return avail > 0 && (unsigned long)avail > stop ? avail - stop : 0;
 }
 
+/* The size work clears the flag once the time is up, before jiffies wrap. */
+static bool vb_under_pressure(struct vballoon *vb)
+{
+	return READ_ONCE(vb->pressure) &&
+	       time_before(jiffies, READ_ONCE(vb->pressure_until));
+}
+
 /*
- * Guest pages to give back so the guest holds its floor again, or 0. Only
- * with a reserve set: by default, as with the in-tree driver, the guest's
- * own use does not take pages back from a balloon the host wants kept.
+ * Guest pages to give back so the guest holds its floor again, or 0. With
+ * a reserve set; or under pressure (vb_pressure()), when the line is twice
+ * the floor. Otherwise, as with the in-tree driver, the guest's own use
+ * takes pages back only through the OOM notifier.
  */
 static unsigned long vb_shortfall(struct vballoon *vb)
 {
 	unsigned long floor = vb_floor(vb);
+	unsigned long line, fill;
 	long avail;
 
-	if (!READ_ONCE(vb->reserve_mib))
+	if (vb_under_pressure(vb)) {
+		line = 2 * floor;
+		fill = line;
+	} else if (READ_ONCE(vb->reserve_mib)) {
+		line = floor;
+		fill = floor + vb_slack(floor) / 2;
+	} else {
 		return 0;
+	}
 	avail = vb_available(vb);
-	if (avail >= 0 && (unsigned long)avail >= floor)
+	if (avail >= 0 && (unsigned long)avail >= line)
 		return 0;
-	return floor + vb_slack(floor) / 2 - max(avail, 0L);
+	return fill - max(avail, 0L);
 }
 
 /* The most the balloon may hold, in 4 KiB units: inflate, max_balloon_pct. */
@@ -244,6 +260,26 @@ void vb_kick(struct vballoon *vb)
 }
 
 /*
+ * The OOM notifier gave back oom_pages: the guest is short now. A task
+ * that keeps allocating would meet the OOM path again every oom_pages;
+ * for VB_PRESSURE_MS instead, renewed while the guest keeps eating into
+ * it, the size work tops MemAvailable up to twice the floor in whole
+ * passes. Only with DEFLATE_ON_OOM: the host agreed to give pages back.
+ */
+static void vb_pressure_renew(struct vballoon *vb)
+{
+	WRITE_ONCE(vb->pressure_until,
+		   jiffies + msecs_to_jiffies(VB_PRESSURE_MS));
+	WRITE_ONCE(vb->pressure, true);
+}
+
+void vb_pressure(struct vballoon *vb)
+{
+	vb_pressure_renew(vb);
+	vb_queue_size_work(vb, 0, false);
+}
+
+/*
  * The balloon holds less than the host asked for: count the target once,
  * and say why now and then.
  */
@@ -263,6 +299,10 @@ static void vb_refuse(struct vballoon *vb, unsigned int target,
 	if (!READ_ONCE(vb->inflate))
 		dev_info(&vb->vdev->dev,
 			 "target %llu KiB not reached: holding %llu KiB, stats-only mode (inflate=0)\n",
+			 (u64)target << 2, (u64)READ_ONCE(vb->num_pages) << 2);
+	else if (vb_under_pressure(vb))
+		dev_info(&vb->vdev->dev,
+			 "target %llu KiB not reached: holding %llu KiB, the guest is short of memory (deflate on OOM)\n",
 			 (u64)target << 2, (u64)READ_ONCE(vb->num_pages) << 2);
 	else if (goal < target && READ_ONCE(vb->num_pages) >= goal)
 		dev_info(&vb->vdev->dev,
@@ -291,20 +331,27 @@ static void vb_back_off(struct vballoon *vb)
 	WRITE_ONCE(vb->backoff_ms, min(wait * 2, VB_BACKOFF_MAX_MS));
 }
 
-/* The guest's own use ate into its floor: give pages back. */
+/*
+ * The guest's own use ate into its floor, or into twice the floor under
+ * pressure: give pages back. Pressure lasts while the guest takes them.
+ */
 static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages)
 {
 	unsigned int units = min_t(unsigned long,
 				   short_pages * VB_UNITS_PER_PAGE,
 				   READ_ONCE(vb->num_pages));
+	bool pressure = vb_under_pressure(vb);
 	long avail = vb_available(vb);
 	unsigned int done;
 
 	done = vb_deflate(vb, units);
 	atomic64_add(done / VB_UNITS_PER_PAGE,
-		     &vb->cnt[VB_CNT_RESERVE_DEFLATED_PAGES]);
+		     &vb->cnt[pressure ? VB_CNT_PRESSURE_DEFLATED_PAGES :
+			      VB_CNT_RESERVE_DEFLATED_PAGES]);
 	trace_vballoon_reserve_deflate(done / VB_UNITS_PER_PAGE,
 				       max(avail, 0L), vb_floor(vb));
+	if (pressure && done)
+		vb_pressure_renew(vb);
 	return done;
 }
 
@@ -312,7 +359,8 @@ static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages
  * When a size work that stopped should look again, in jiffies; 0: only
  * when the host or the administrator changes something. A goal above
  * the balloon is retried when the backoff ends; one below it (pages held
- * by migration) soon; a reserve is checked every VB_GUARD_MS.
+ * by migration) soon; a reserve is checked every VB_GUARD_MS, a guest
+ * under pressure every VB_PRESSURE_POLL_MS.
  */
 static unsigned long vb_next_run(struct vballoon *vb, unsigned int goal,
 				 unsigned int held)
@@ -326,6 +374,8 @@ static unsigned long vb_next_run(struct vballoon *vb, unsigned int goal,
 		next = 1;
 	if (held && READ_ONCE(vb->reserve_mib))
 		next = min_not_zero(next, msecs_to_jiffies(VB_GUARD_MS));
+	if (held && vb_under_pressure(vb))
+		next = min_not_zero(next, msecs_to_jiffies(VB_PRESSURE_POLL_MS));
 	return next;
 }
 
@@ -354,8 +404,9 @@ static bool vb_try_inflate(struct vballoon *vb, unsigned int goal)
 
 /*
  * Move the balloon one step towards the target. A run does one of:
- * give pages back to a guest below its reserve (then back off), inflate
- * for a pass (vb_try_inflate()), or deflate for a pass. While it moves it
+ * give pages back to a guest below its reserve (then back off) or under
+ * pressure (no inflation until it ends), inflate for a pass
+ * (vb_try_inflate()), or deflate for a pass. While it moves it
  * requeues at once; once it stops it relaxes the wakeup source, says
  * why a target is not met, and looks again when there is a reason
  * (vb_next_run()). Only this work inflates.
@@ -372,6 +423,8 @@ void vb_size_work(struct work_struct *work)
 	unsigned long next;
 
 	vb_wake_take(vb, VB_WAKE_ADJUST);
+	if (READ_ONCE(vb->pressure) && !vb_under_pressure(vb))
+		WRITE_ONCE(vb->pressure, false);
 	if (target != vb->last_target) {
 		WRITE_ONCE(vb->prev_target, vb->last_target);
 		WRITE_ONCE(vb->last_target, target);
@@ -381,9 +434,11 @@ void vb_size_work(struct work_struct *work)
 	}
 
 	if (short_pages) {
+		/* Pressure holds inflation off itself, and ends on its own. */
+		if (!vb_under_pressure(vb))
+			vb_back_off(vb);
 		moved = vb_hold_floor(vb, short_pages) != 0;
-		vb_back_off(vb);
-	} else if (goal > held) {
+	} else if (goal > held && !vb_under_pressure(vb)) {
 		inflating = vb_try_inflate(vb, goal);
 	} else if (goal < held) {
 		moved = vb_deflate(vb, held - goal) != 0;

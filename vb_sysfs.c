@@ -169,6 +169,7 @@ VB_COUNTER_ATTR(inflated_pages, VB_CNT_INFLATED_PAGES);
 VB_COUNTER_ATTR(deflated_pages, VB_CNT_DEFLATED_PAGES);
 VB_COUNTER_ATTR(oom_deflated_pages, VB_CNT_OOM_DEFLATED_PAGES);
 VB_COUNTER_ATTR(reserve_deflated_pages, VB_CNT_RESERVE_DEFLATED_PAGES);
+VB_COUNTER_ATTR(pressure_deflated_pages, VB_CNT_PRESSURE_DEFLATED_PAGES);
 VB_COUNTER_ATTR(migrated_pages, VB_CNT_MIGRATED_PAGES);
 VB_COUNTER_ATTR(alloc_failures, VB_CNT_ALLOC_FAILURES);
 VB_COUNTER_ATTR(last_alloc_failure_ms, VB_CNT_LAST_ALLOC_FAILURE_MS);
@@ -195,6 +196,7 @@ static struct attribute *vb_attrs[] = {
 	&vb_counter_attr_deflated_pages.attr.attr,
 	&vb_counter_attr_oom_deflated_pages.attr.attr,
 	&vb_counter_attr_reserve_deflated_pages.attr.attr,
+	&vb_counter_attr_pressure_deflated_pages.attr.attr,
 	&vb_counter_attr_migrated_pages.attr.attr,
 	&vb_counter_attr_alloc_failures.attr.attr,
 	&vb_counter_attr_last_alloc_failure_ms.attr.attr,

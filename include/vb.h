@@ -73,6 +73,13 @@
 /* While the balloon holds pages, the reserve is checked this often. */
 #define VB_GUARD_MS		1000
 
+/*
+ * After an OOM notification the guest is under pressure this long, renewed
+ * while it keeps eating into what it got; meanwhile it is checked this often.
+ */
+#define VB_PRESSURE_MS		1000
+#define VB_PRESSURE_POLL_MS	100
+
 /* Virtqueues in the spec's order; absent ones are skipped by the transport. */
 enum vb_vq {
 	VB_VQ_INFLATE,
@@ -136,6 +143,7 @@ enum vb_counter {
 	VB_CNT_DEFLATED_PAGES,
 	VB_CNT_OOM_DEFLATED_PAGES,
 	VB_CNT_RESERVE_DEFLATED_PAGES,
+	VB_CNT_PRESSURE_DEFLATED_PAGES,
 	VB_CNT_MIGRATED_PAGES,
 	VB_CNT_ALLOC_FAILURES,
 	VB_CNT_LAST_ALLOC_FAILURE_MS,
@@ -231,6 +239,9 @@ struct vballoon {
 	unsigned int backoff_ms;
 	/* No inflation before this (jiffies): the backoff. */
 	unsigned long retry_at;
+	/* Under pressure until then (jiffies): vb_pressure(). */
+	bool pressure;
+	unsigned long pressure_until;
 	/* The last target refused, counted once. */
 	bool refused;
 	unsigned int refused_target;
@@ -295,6 +306,7 @@ unsigned long vb_floor(struct vballoon *vb);
 unsigned long vb_slack(unsigned long floor);
 unsigned long vb_boost_pages(void);
 unsigned long vb_room(struct vballoon *vb);
+void vb_pressure(struct vballoon *vb);
 unsigned int vb_ceiling(struct vballoon *vb);
 unsigned long vb_pcp_first(struct vballoon *vb, unsigned long over);
 unsigned int vb_target(struct vballoon *vb);

@@ -87,7 +87,10 @@ TRACE_EVENT(vballoon_oom_deflate,
 	TP_printk("pages=%u", __entry->pages)
 );
 
-/* Pages given back because the guest fell below its reserve. */
+/*
+ * Pages given back because the guest fell below its reserve, or under
+ * pressure below twice its floor (vb_pressure()).
+ */
 TRACE_EVENT(vballoon_reserve_deflate,
 	TP_PROTO(unsigned int pages, unsigned long avail, unsigned long floor),
 	TP_ARGS(pages, avail, floor),

@@ -242,6 +242,7 @@ class Context:
                           ("balloon_migrate", "migrated_pages")):
             self.eq(a[attr], vm[key] - v0[key], f"sysfs {attr} vs /proc/vmstat {key}")
         self.check(a["oom_deflated_pages"] + a["reserve_deflated_pages"]
+                   + a.get("pressure_deflated_pages", 0)
                    <= a["deflated_pages"], f"deflate counters disagree: {a}")
         # /proc/meminfo "Balloon:" (v6.16 on) counts every balloon's pages,
         # a node statistic: fold the CPUs' pending deltas before reading it
