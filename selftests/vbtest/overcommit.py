@@ -12,7 +12,9 @@ them by one of:
            idle down to IDLE and, once they are there (or stand still), the
            busy ones up to their full size
   policy   Policy below, every second, from what a host sees
-  late     the same, but it reacts LATE_S after the load has moved
+  late     the same, in time to take the memory of the guests that went
+           idle, but LATE_S late to give it to the guests whose load rose
+           (their load rises once the idle-going guests are down)
   toomuch  the same, and once every busy guest holds its working set, the
            host asks one busy guest for half its working set (a target below
            it) for FORCE_S; the policy keeps counting what the guest still
@@ -56,16 +58,18 @@ class Policy:
     It sees what a host sees: each guest's actual (query-balloon), its
     guest-stats (polled every second) and the cgroup's usage and limit. Per
     tick:
-      - a guest whose use (actual - MemAvailable) stood still for IDLE_S
-        and which has more than SPARE available is shrunk to its use plus
-        HEADROOM (never below lo);
+      - a guest whose use (actual - MemAvailable) stood still for IDLE_S,
+        or fell by more than HEADROOM within it (its load ended), and which
+        has more than SPARE available is shrunk to its use plus HEADROOM
+        (never below lo);
       - a guest with less than LOW available gets STEP more (never above
         hi), neediest first, while the guests together hold no more than
         budget. What a guest holds is max(target, actual): a target the
         guest did not reach (a driver that refuses, an OOM deflate) is
         memory still in use, and giving it to another guest would overrun
         the host;
-      - nothing grows while the cgroup is within GUARD of its limit.
+      - nothing grows while the cgroup is within GUARD of its limit, nor
+        before late_until (the late host).
     """
     IDLE_S = 5
 
@@ -76,12 +80,14 @@ class Policy:
         self.headroom = mem // 8
         self.spare = mem * 3 // 8
         self.used = {}              # guest -> [(t, bytes in use)]
+        self.late_until = 0         # gives no guest more before then
         self.force = {}             # guest -> target the host insists on
 
     def tick(self, now, view, targets, cg_usage, cg_limit):
         """view: {guest: {'actual', 'avail' (None: stats stale)}};
         targets: {guest: current target}. Returns {guest: new target}."""
         new = dict(targets)
+        late = now < self.late_until
         for g, v in view.items():
             if v["avail"] is None:
                 continue
@@ -98,9 +104,11 @@ class Policy:
             h = self.used[g]
             flat = (now - h[0][0] >= self.IDLE_S and
                     max(u for _, u in h) - min(u for _, u in h) < 8 * MiB)
-            if flat and v["avail"] > self.spare:
+            # a load that ended (use fell by more than the headroom)
+            ended = max(u for _, u in h) - h[-1][1] > self.headroom
+            if (flat or ended) and v["avail"] > self.spare:
                 new[g] = min(new[g], max(self.lo, _mib(h[-1][1] + self.headroom)))
-            elif v["actual"] > new[g] and v["avail"] < self.low:
+            elif v["actual"] > new[g] and v["avail"] < self.low and not late:
                 new[g] = _mib(v["actual"])      # the guest deflated on OOM: keep it
         held = sum(max(new[g], view[g]["actual"]) for g in view)
         room = cg_limit - cg_usage > self.guard
@@ -109,7 +117,7 @@ class Policy:
                        and g not in self.force)
         for _, g in needy:
             grow = max(0, min(self.step, self.mem - new[g], self.budget - held))
-            if room and grow:
+            if room and grow and not late:
                 held += max(new[g] + grow, view[g]["actual"]) - max(new[g], view[g]["actual"])
                 new[g] += grow
         return new
@@ -153,7 +161,6 @@ class Scenario:
         self.targets = {}
         self.lock = threading.Lock()
         self.stop_sampler = threading.Event()
-        self.paused_until = 0
         self.policy = None
         self.t0 = None
         self.started, self.threads = [], []     # every QEMU, the threads that started them
@@ -261,7 +268,7 @@ class Scenario:
             view[s.name] = {"actual": actual, "avail": avail}
         with self.lock:
             self.samples.append(row)
-        if self.policy and now >= self.paused_until:
+        if self.policy:
             new = self.policy.tick(now, view, {g: self.targets[g] for g in view},
                                    row["cg"], row["limit"])
             for g, tgt in new.items():
@@ -372,6 +379,20 @@ class Scenario:
             if s.alive():
                 self.set_target(s.name, self.full)
 
+    def wait_down(self, slots, timeout=60):
+        """Until the host lowered each guest's target and its actual got
+        there (or stopped 8 MiB short: the guest's floor)."""
+        deadline = time.monotonic() + timeout
+        for s in slots:
+            while s.alive() and time.monotonic() < deadline:
+                try:
+                    tgt = self.targets[s.name]
+                    if tgt < self.full and s.qmp.query_balloon() <= tgt + 8 * MiB:
+                        break
+                except Exception:
+                    break
+                time.sleep(0.5)
+
     # -- the run -------------------------------------------------------------
     def run(self):
         self.cg = MemCgroup(self.cgname)
@@ -414,15 +435,26 @@ class Scenario:
         names = "".join(s.name for s in busy)
         # the working sets of the guests going idle: verified, then ended
         self.verify(idle)
-        t_switch = time.monotonic()
+        t_switch = t_move = time.monotonic()
         self.note(f"phase {k}: {names} busy")
         cur = [{s.name: self.targets[s.name] for s in self.slots}]
-        for s in idle:
-            self.stop_load(s)
+        # the load moves: the idle-going jobs end (a thread each: ending a
+        # working set takes a guest a second) while the busy-going start
+        stoppers = [threading.Thread(target=self.stop_load, args=(s,), daemon=True)
+                    for s in idle]
+        for th in stoppers:
+            th.start()
         if self.mode == "static":
             threading.Thread(target=self.static_plan, args=(idle, busy), daemon=True).start()
         elif self.mode == "late":
-            self.paused_until = t_switch - self.t0 + LATE_S
+            # the load rises once the host took the idle-going guests down,
+            # and the host gives the busy-going more only LATE_S after
+            for th in stoppers:
+                th.join()
+            self.wait_down(idle)
+            t_switch = time.monotonic()
+            self.policy.late_until = t_switch - self.t0 + LATE_S
+            self.note(f"phase {k}: the idle-going guests are down; {names} start")
         for s in busy:
             if s.alive():
                 self.start_load(s, seed=k * 100 + ord(s.name))
@@ -431,12 +463,15 @@ class Scenario:
             if all(done) or time.monotonic() - t_switch > PHASE_TIMEOUT:
                 break
             time.sleep(0.5)
+        for th in stoppers:
+            th.join()
         held = [s for s in busy if s.alive() and s.held_t not in (None, -1)]
         ok = len(held) == len(busy)
         rebalance = (max(s.held_t for s in busy) - t_switch) if ok else None
         self.note(f"phase {k}: " + (f"rebalanced in {rebalance:.1f} s" if ok else
                                     "not every busy guest holds its working set"))
-        ph = {"phase": k, "busy": names, "t_switch": t_switch - self.t0,
+        ph = {"phase": k, "busy": names, "t_switch": t_move - self.t0,
+              "t_rise": t_switch - self.t0,
               "rebalance_s": rebalance,
               "write_s": {s.name: getattr(s, "write_s", None) for s in held},
               "write_minflt": {s.name: getattr(s, "write_minflt", None) for s in held},
