@@ -23,7 +23,9 @@ MemAvailable, the cgroup's usage and limit).
 """
 import argparse
 import datetime
+import fcntl
 import json
+import os
 import signal
 import statistics
 import sys
@@ -39,6 +41,7 @@ from vbtest.plot import gnuplot  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
+LOCK = Path("/run/lock/vballoon-overcommit.lock")
 DRIVERS = ("virtio_balloon", "vballoon", "vballoon+reporting")
 MODES = ("static", "policy", "late", "toomuch")
 
@@ -194,6 +197,17 @@ def main():
     why = cgroup.available()
     if why:
         sys.exit(f"overcommit: needs a host memory cgroup: {why}")
+    # two runs at once would each measure the other's guests
+    lock = open(LOCK, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        sys.exit(f"overcommit: another run holds {LOCK} (pid {lock.read().strip() or '?'})")
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
     kver = args.kernel or default_kernel()
     if not kver:
         sys.exit("overcommit: no 6.12 kernel in /boot: give --kernel")

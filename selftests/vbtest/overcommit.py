@@ -34,10 +34,10 @@ from .vm import VM, VMConfig, console_problems
 
 MiB = 1 << 20
 NAMES = "ABCDEFGHIJKL"
-HOLD_S = 4          # a phase goes on this long after every busy guest holds
+HOLD_S = 2          # a phase goes on this long after every busy guest holds
 PHASE_TIMEOUT = 300
 LATE_S = 10
-FORCE_S = 20
+FORCE_S = 10
 PANIC = re.compile(r"Kernel panic|System is deadlocked on memory")
 
 
