@@ -333,7 +333,9 @@ static void vb_back_off(struct vballoon *vb)
 
 /*
  * The guest's own use ate into its floor, or into twice the floor under
- * pressure: give pages back. Pressure lasts while the guest takes them.
+ * pressure: give pages back. Pressure lasts while the guest takes them,
+ * and gives at most the floor per VB_PRESSURE_MS: memory the host did
+ * not hand out grows by no more than that between two of its looks.
  */
 static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages)
 {
@@ -344,7 +346,18 @@ static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages
 	long avail = vb_available(vb);
 	unsigned int done;
 
-	done = vb_deflate(vb, units);
+	if (pressure) {
+		if (time_after_eq(jiffies, vb->pressure_window)) {
+			vb->pressure_window = jiffies +
+				msecs_to_jiffies(VB_PRESSURE_MS);
+			vb->pressure_left = vb_floor(vb);
+		}
+		units = min_t(unsigned long, units,
+			      vb->pressure_left * VB_UNITS_PER_PAGE);
+	}
+	done = units ? vb_deflate(vb, units) : 0;
+	if (pressure)
+		vb->pressure_left -= done / VB_UNITS_PER_PAGE;
 	atomic64_add(done / VB_UNITS_PER_PAGE,
 		     &vb->cnt[pressure ? VB_CNT_PRESSURE_DEFLATED_PAGES :
 			      VB_CNT_RESERVE_DEFLATED_PAGES]);
@@ -404,12 +417,12 @@ static bool vb_try_inflate(struct vballoon *vb, unsigned int goal)
 
 /*
  * Move the balloon one step towards the target. A run does one of:
- * give pages back to a guest below its reserve (then back off) or under
- * pressure (no inflation until it ends), inflate for a pass
- * (vb_try_inflate()), or deflate for a pass. While it moves it
- * requeues at once; once it stops it relaxes the wakeup source, says
- * why a target is not met, and looks again when there is a reason
- * (vb_next_run()). Only this work inflates.
+ * deflate for a pass towards a target above the balloon, give pages back
+ * to a guest below its reserve (then back off) or under pressure (no
+ * inflation until it ends), or inflate for a pass (vb_try_inflate()).
+ * While it moves it requeues at once; once it stops it relaxes the
+ * wakeup source, says why a target is not met, and looks again when
+ * there is a reason (vb_next_run()). Only this work inflates.
  */
 void vb_size_work(struct work_struct *work)
 {
@@ -423,8 +436,10 @@ void vb_size_work(struct work_struct *work)
 	unsigned long next;
 
 	vb_wake_take(vb, VB_WAKE_ADJUST);
-	if (READ_ONCE(vb->pressure) && !vb_under_pressure(vb))
+	if (READ_ONCE(vb->pressure) && !vb_under_pressure(vb)) {
 		WRITE_ONCE(vb->pressure, false);
+		vb->pressure_window = jiffies;
+	}
 	if (target != vb->last_target) {
 		WRITE_ONCE(vb->prev_target, vb->last_target);
 		WRITE_ONCE(vb->last_target, target);
@@ -433,15 +448,16 @@ void vb_size_work(struct work_struct *work)
 		trace_vballoon_target(target, held, goal);
 	}
 
-	if (short_pages) {
+	/* What the host gives back comes first, at full speed. */
+	if (goal < held) {
+		moved = vb_deflate(vb, held - goal) != 0;
+	} else if (short_pages) {
 		/* Pressure holds inflation off itself, and ends on its own. */
 		if (!vb_under_pressure(vb))
 			vb_back_off(vb);
 		moved = vb_hold_floor(vb, short_pages) != 0;
 	} else if (goal > held && !vb_under_pressure(vb)) {
 		inflating = vb_try_inflate(vb, goal);
-	} else if (goal < held) {
-		moved = vb_deflate(vb, held - goal) != 0;
 	}
 	/* Pages held above 16 TiB are kept only while an inflate goes on. */
 	if (!inflating)

@@ -357,6 +357,7 @@ static int vb_probe(struct virtio_device *vdev)
 	vb->inflate = READ_ONCE(inflate);
 	vb->backoff_ms = VB_BACKOFF_MIN_MS;
 	vb->retry_at = jiffies;
+	vb->pressure_window = jiffies;
 	ratelimit_state_init(&vb->fail_rs, 30 * HZ, 1);
 	ratelimit_set_flags(&vb->fail_rs, RATELIMIT_MSG_ON_RELEASE);
 

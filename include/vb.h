@@ -242,6 +242,9 @@ struct vballoon {
 	/* Under pressure until then (jiffies): vb_pressure(). */
 	bool pressure;
 	unsigned long pressure_until;
+	/* Pages pressure may still give back before then (size work only). */
+	unsigned long pressure_left;
+	unsigned long pressure_window;
 	/* The last target refused, counted once. */
 	bool refused;
 	unsigned int refused_target;
