@@ -36,7 +36,8 @@ def hog_size(t):
 def case_oom_deflate(t):
     """deflate-on-oom: a process needing more than is free gets it from the
     balloon; no process is killed and MemTotal never moves. vballoon gives
-    most of it after the first OOM notification, under pressure."""
+    part of it under pressure after the first OOM notification, and goes
+    back to the host's target once the hog is gone."""
     t.load_driver()
     total0 = t.g.meminfo()["MemTotal"]
     t.balloon(t.keep(256))
@@ -68,6 +69,12 @@ def case_oom_deflate(t):
         t.check(pressure * 4096 >= b["floor_mib"] * MiB // 2,
                 f"pressure gave {pressure} pages, less than half a floor "
                 f"({b['floor_mib']} MiB), for a hog {want - 200} MiB over MemAvailable")
+        # the hog is gone: once the pressure ends, the balloon goes back to
+        # the host's target by itself
+        back = t.wait_actual(t.keep(256), timeout=60)
+        t.log(f"back at the host's target: actual {back // MiB} MiB")
+        t.eq(t.bsys("actual_bytes"), str(t.mem - t.keep(256)),
+             "sysfs actual_bytes once back at the target")
 
 
 @case(allow_oom=True, timeout=300)

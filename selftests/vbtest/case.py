@@ -220,9 +220,12 @@ class Context:
         while True:
             a = self.bsys()
             host = self.qmp.query_balloon()
+            vm = self.g.vmstat()
             still = prev is not None and prev["actual_bytes"] == a["actual_bytes"]
             agree = self.mem - a["actual_bytes"] == host
-            if still and agree:
+            # a pass that began between the two readings (a retry, the end
+            # of pressure) shows in the counters read after: look again
+            if still and agree and self.bsys() == a:
                 break
             if time.monotonic() > deadline:
                 # one reading takes seconds on a loaded debug guest: at
@@ -233,7 +236,6 @@ class Context:
                           f"the host's balloon {self.mem - host}")
             prev = a
             time.sleep(0.5)
-        vm = self.g.vmstat()
         v0 = self._vmstat0
         self.eq(a["inflated_pages"] - a["deflated_pages"], a["actual_pages"],
                 "sysfs inflated_pages - deflated_pages vs actual_pages")
