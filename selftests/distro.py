@@ -1527,9 +1527,11 @@ class SecureBootGuest(UpgradeGuest):
         check(sysfs == {"target_bytes": want, "actual_bytes": want},
               f"sysfs has {sysfs}, want {want} in the balloon")
         n0 = int(g.read(f"{bal}/stats_requests").strip())
+        # the statistics sent at probe are no host request: count from them
+        last = vm.qmp.qom_get(BALLOON_QOM, "guest-stats").get("last-update", 0)
         vm.qmp.qom_set(BALLOON_QOM, "guest-stats-polling-interval", 1)
         try:
-            deadline, last, updates = time.monotonic() + 60, 0, 0
+            deadline, updates = time.monotonic() + 60, 0
             while updates < 3 and time.monotonic() < deadline:
                 st = vm.qmp.qom_get(BALLOON_QOM, "guest-stats")
                 if st["last-update"] > last:
