@@ -259,13 +259,6 @@ void vb_kick(struct vballoon *vb)
 	vb_queue_size_work(vb, 0, false);
 }
 
-/*
- * The OOM notifier gave back oom_pages: the guest is short now. A task
- * that keeps allocating would meet the OOM path again every oom_pages;
- * for VB_PRESSURE_MS instead, renewed while the guest keeps eating into
- * it, the size work tops MemAvailable up to twice the floor in whole
- * passes. Only with DEFLATE_ON_OOM: the host agreed to give pages back.
- */
 static void vb_pressure_renew(struct vballoon *vb)
 {
 	WRITE_ONCE(vb->pressure_until,
@@ -273,6 +266,14 @@ static void vb_pressure_renew(struct vballoon *vb)
 	WRITE_ONCE(vb->pressure, true);
 }
 
+/*
+ * The OOM notifier gave back oom_pages: the guest is short now. A task
+ * that keeps allocating would meet the OOM path again every oom_pages;
+ * for VB_PRESSURE_MS instead, renewed while the guest keeps eating into
+ * it, the size work tops MemAvailable up to twice the floor in whole
+ * passes (vb_hold_floor()). Only with DEFLATE_ON_OOM: the host agreed
+ * to give pages back.
+ */
 void vb_pressure(struct vballoon *vb)
 {
 	vb_pressure_renew(vb);
@@ -355,7 +356,10 @@ static unsigned int vb_hold_floor(struct vballoon *vb, unsigned long short_pages
 		units = min_t(unsigned long, units,
 			      vb->pressure_left * VB_UNITS_PER_PAGE);
 	}
-	done = units ? vb_deflate(vb, units) : 0;
+	/* Pressure's share for this second is spent: wait for the next. */
+	if (!units)
+		return 0;
+	done = vb_deflate(vb, units);
 	if (pressure)
 		vb->pressure_left -= done / VB_UNITS_PER_PAGE;
 	atomic64_add(done / VB_UNITS_PER_PAGE,
