@@ -106,13 +106,13 @@ def case_unload(t):
     # 20 MiB less MemAvailable after the first cycle on 6.12, in a guest
     # that had just run another case): measure after one full cycle.
     t.load_driver()
-    t.balloon(t.keep(256))
+    t.balloon(t.keep_full())
     t.balloon(t.mem)
     t.unload_driver()
     mi0 = t.g.meminfo()
     base = t.g.free_kb(drop_caches=True)
     t.load_driver()
-    t.balloon(t.keep(256))
+    t.balloon(t.keep_full())
     t.check(t.g.meminfo()["MemTotal"] < mi0["MemTotal"] - 700 * 1024,
             "MemTotal did not drop with the balloon")
     t.unload_driver()
@@ -142,7 +142,7 @@ def case_unload(t):
             t.balloon(t.mem - 64 * MiB)
         elif i % 4 == 3:
             # leave while the inflate is under way
-            t.qmp.balloon(t.keep(256))
+            t.qmp.balloon(t.keep_full())
             time.sleep(0.3)
         t.unload_driver()
         # the host's figure and the guest's are back where they started
