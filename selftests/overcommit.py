@@ -77,6 +77,14 @@ ROWS = [
      "{:.1f}", True),
     ("working set write s, median", lambda r: med(
         [w for p in r["phases"][1:] for w in p["write_s"].values()]), "{:.1f}", True),
+    ("QEMU CPU s per swing: busy guests", lambda r: med(
+        [p["cpu_s"]["busy"] for p in r["phases"][1:]]), "{:.1f}", True),
+    ("QEMU CPU s per swing: idle-going guests", lambda r: med(
+        [p["cpu_s"]["idle"] for p in r["phases"][1:]]), "{:.1f}", True),
+    ("host CPUs busy until rebalanced, %", lambda r: med(
+        [100 * (p["cpu_s"]["busy"] + p["cpu_s"]["idle"]) /
+         (p["cpu_s"]["cpus"] * p["cpu_s"]["window_s"]) for p in r["phases"][1:]]),
+     "{:.0f}", None),
     ("balloon moved per swing, MiB", lambda r: med(r["moved_mib"]), "{:.0f}", None),
     ("guest-stats age s (busy guests), median", lambda r: r["stats_age_median"],
      "{:.1f}", True),

@@ -24,6 +24,7 @@ Everything is measured from both sides: QMP (query-balloon, guest-stats),
 QEMU's RSS, the cgroup's usage, peak and OOM kills; the guests' pattern
 verification, /proc/vmstat oom_kill, console (panics).
 """
+import os
 import re
 import threading
 import time
@@ -160,6 +161,8 @@ class Scenario:
         self.slots, self.samples, self.events = [], [], []
         self.targets = {}
         self.lock = threading.Lock()
+        self.plan_lock = threading.Lock()     # a phase switch against a static plan
+        self.phase_k = None
         self.stop_sampler = threading.Event()
         self.policy = None
         self.t0 = None
@@ -308,6 +311,8 @@ class Scenario:
             s.held_t = time.monotonic()
             s.write_s = s.held_t - s.load_t
             s.write_minflt = _minflt(s.vm.proc.pid) - s.minflt0
+            thp = _thp(s.g)
+            s.write_thp = {k: thp[k] - s.thp0[k] for k in thp}
             return True
         if not s.job.running():
             rc, out = s.job.wait(5)
@@ -365,19 +370,37 @@ class Scenario:
         s.job = None
 
     # -- host behaviours at a phase switch ---------------------------------------
-    def static_plan(self, idle, busy):
-        """The story's balloon commands: the idle guests down, then the busy up."""
+    def static_plan(self, k, idle, busy):
+        """The story's balloon commands: the idle guests down, then the busy
+        up. A guest's floor may stop it a few MiB short of the target, so
+        down means within 8 MiB or still for 5 s; a plan whose phase ended
+        first gives no command (the next phase's plan rules)."""
         for s in idle:
             if s.alive():
                 self.set_target(s.name, self.idle)
+        deadline = time.monotonic() + 120
         for s in idle:
-            try:
-                s.qmp.wait_actual(self.idle, 120, settle=5)
-            except Exception:
-                pass
-        for s in busy:
-            if s.alive():
-                self.set_target(s.name, self.full)
+            last, since = None, time.monotonic()
+            while s.alive() and self.phase_k == k and time.monotonic() < deadline:
+                try:
+                    actual = s.qmp.query_balloon()
+                except Exception:
+                    break
+                now = time.monotonic()
+                if actual <= self.idle + 8 * MiB:
+                    break
+                if actual != last:
+                    last, since = actual, now
+                elif now - since >= 5:
+                    break
+                time.sleep(0.2)
+        with self.plan_lock:
+            if self.phase_k != k:
+                self.note(f"phase {k}: static plan overtaken by the next switch")
+                return
+            for s in busy:
+                if s.alive():
+                    self.set_target(s.name, self.full)
 
     def wait_down(self, slots, timeout=60):
         """Until the host lowered each guest's target and its actual got
@@ -435,6 +458,10 @@ class Scenario:
         names = "".join(s.name for s in busy)
         # the working sets of the guests going idle: verified, then ended
         self.verify(idle)
+        for s in busy:      # read before the switch, not to delay the loads
+            s.thp0 = _thp(s.g)
+        with self.plan_lock:
+            self.phase_k = k
         t_switch = t_move = time.monotonic()
         self.note(f"phase {k}: {names} busy")
         cur = [{s.name: self.targets[s.name] for s in self.slots}]
@@ -445,7 +472,8 @@ class Scenario:
         for th in stoppers:
             th.start()
         if self.mode == "static":
-            threading.Thread(target=self.static_plan, args=(idle, busy), daemon=True).start()
+            threading.Thread(target=self.static_plan, args=(k, idle, busy),
+                             daemon=True).start()
         elif self.mode == "late":
             # the load rises once the host took the idle-going guests down,
             # and the host gives the busy-going more only LATE_S after
@@ -455,6 +483,7 @@ class Scenario:
             t_switch = time.monotonic()
             self.policy.late_until = t_switch - self.t0 + LATE_S
             self.note(f"phase {k}: the idle-going guests are down; {names} start")
+        cpu0 = {s.name: _cpu_s(s.vm.proc.pid) for s in self.slots}
         for s in busy:
             if s.alive():
                 self.start_load(s, seed=k * 100 + ord(s.name))
@@ -463,6 +492,10 @@ class Scenario:
             if all(done) or time.monotonic() - t_switch > PHASE_TIMEOUT:
                 break
             time.sleep(0.5)
+        # what the host's CPUs did meanwhile: on a host without spare CPU
+        # the busy guests' own writes bound the rebalance from below
+        cpu = {s.name: _cpu_s(s.vm.proc.pid) - cpu0[s.name] for s in self.slots}
+        window = time.monotonic() - t_switch
         for th in stoppers:
             th.join()
         held = [s for s in busy if s.alive() and s.held_t not in (None, -1)]
@@ -475,6 +508,10 @@ class Scenario:
               "rebalance_s": rebalance,
               "write_s": {s.name: getattr(s, "write_s", None) for s in held},
               "write_minflt": {s.name: getattr(s, "write_minflt", None) for s in held},
+              "write_thp": {s.name: getattr(s, "write_thp", None) for s in held},
+              "cpu_s": {"busy": sum(cpu[s.name] for s in busy),
+                        "idle": sum(cpu[s.name] for s in idle),
+                        "window_s": window, "cpus": os.cpu_count()},
               "targets_before": cur[0]}
         if self.mode == "toomuch" and k == 1 and held:
             ph["toomuch"] = self.too_much(held[0])
@@ -609,6 +646,26 @@ class Scenario:
         for th, _ in self.threads:
             th.join(30)
         self.cg.remove(timeout=30)
+
+
+def _thp(g):
+    """The guest's huge page faults so far: taken, and fallen back to 4 KiB
+    pages for want of a free 2 MiB block."""
+    try:
+        v = g.vmstat()
+    except Exception:
+        v = {}
+    return {k: v.get(k, 0) for k in ("thp_fault_alloc", "thp_fault_fallback")}
+
+
+def _cpu_s(pid):
+    """CPU seconds (user + system) of a host process (QEMU) so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
 
 
 def _minflt(pid):
