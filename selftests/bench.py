@@ -288,6 +288,51 @@ def no_problems(vm, driver, kver, allow_oom=False):
         sys.exit(f"bench: {driver} on {kver}: console shows {bad[:3]}")
 
 
+def against(args, kver, old, out, progs):
+    """--against: the inflate and deflate rows only, the in-tree driver and
+    two vballoon builds (this tree's and another, e.g. an older commit's) in
+    rotation on 1 GiB guests, each touching its memory first."""
+    kos = {"virtio_balloon": initramfs.KernelModules(kver).path("virtio_balloon"),
+           "vballoon (other build)": Path(old),
+           "vballoon": REPO / "build" / kver / "vballoon.ko"}
+    names = list(kos)
+    images = {d: initramfs.build_initramfs(kver, ko, out / f"against-{i}", progs)
+              for i, (d, ko) in enumerate(kos.items())}
+    accel = args.accel or probe_kvm(kver, images["vballoon"][0], out / "kvm-probe")
+    mem, size = 1024 * MiB, 768 * MiB
+    per = {d: {"inflate_mibs": [], "deflate_mibs": [], "inflate_cpu_s": []} for d in names}
+    vms = {}
+    try:
+        for i, d in enumerate(names):
+            vms[d] = start_guest(kver, 1024, images[d], out / f"{kver}-against-{i}", accel)
+        for rep in range(args.reps):
+            for d in names[rep % 3:] + names[:rep % 3]:
+                vm = vms[d]
+                touch(vm)
+                c0 = guest_busy(vm.guest)
+                t = timed_balloon(vm, mem - size)
+                per[d]["inflate_cpu_s"].append(guest_busy(vm.guest) - c0)
+                per[d]["inflate_mibs"].append(size / MiB / t)
+                per[d]["deflate_mibs"].append(size / MiB / timed_balloon(vm, mem))
+                log(f"{kver} {d} rep {rep}: inflate {per[d]['inflate_mibs'][-1]:.0f} MiB/s, "
+                    f"deflate {per[d]['deflate_mibs'][-1]:.0f} MiB/s")
+    finally:
+        for vm in vms.values():
+            vm.stop()
+    res = {d: {k: summarize(v) for k, v in rows.items()} for d, rows in per.items()}
+    lines = [f"# vballoon against {old}, {kver}, {accel}, 1024 MiB, {args.reps} reps", "",
+             "| figure | " + " | ".join(names) + " | this / other build |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for k, label in (("inflate_mibs", "inflate MiB/s"), ("deflate_mibs", "deflate MiB/s"),
+                     ("inflate_cpu_s", "guest CPU inflate s")):
+        cells = [f"{res[d][k]['median']:.2f} ({res[d][k]['min']:.2f}-{res[d][k]['max']:.2f})"
+                 for d in names]
+        ratio = res["vballoon"][k]["median"] / res["vballoon (other build)"][k]["median"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    return {"kernel": kver, "against": str(old), "accel": accel, "reps": args.reps,
+            "results": res}, "\n".join(lines) + "\n"
+
+
 def summarize(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "n": len(values)}
@@ -454,12 +499,27 @@ def main():
     p.add_argument("--module", action="append", metavar="KVER=PATH",
                    help="vballoon.ko to use for KVER (default build/KVER/vballoon.ko)")
     p.add_argument("--quick", action="store_true", help="1 repetition, 1 GiB guests only")
+    p.add_argument("--against", metavar="KVER=PATH",
+                   help="only inflate and deflate, this tree's vballoon against another "
+                        "build of it (e.g. an older commit's) and the in-tree driver, "
+                        "--reps rotations on 1 GiB guests; results in OUT/against.md")
     p.add_argument("--accel", choices=["kvm", "tcg"])
     p.add_argument("--out", default=str(REPO / "build" / "bench"))
     p.add_argument("--doc", action="store_true",
                    help="also write Documentation/benchmarks.md")
     args = p.parse_args()
     t0 = time.monotonic()
+    if args.against:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        kver, old = args.against.split("=", 1)
+        progs = initramfs.build_guest_programs(REPO / "build" / "selftests" / "bin")
+        res, md = against(args, kver, old, out, progs)
+        (out / "against.json").write_text(json.dumps(res, indent=1) + "\n")
+        (out / "against.md").write_text(md)
+        print(md)
+        log(f"results in {out}/against.json, against.md; {time.monotonic() - t0:.0f} s")
+        return 0
     res = run(args)
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
