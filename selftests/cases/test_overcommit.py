@@ -22,7 +22,8 @@ def case_overcommit_swing(t):
         t.skip(f"no host memory cgroup: {why}")
     sc = Scenario(t.kver, (t.vm.initrd, t.driver), t.driver, "policy",
                   t.vm.workdir / "overcommit", t.vm.accel, guests=2, mem=GUEST_MIB,
-                  ws=WS_MIB, swings=1, log=t.log, name="vbtest-overcommit",
+                  ws=WS_MIB, swings=1, log=t.log,
+                  name=f"vbtest-overcommit-{t.kver}-qemu{t.host.name}",
                   hold=3 * Policy.IDLE_S)
     r = sc.run()
     for p in r["phases"]:
