@@ -147,9 +147,9 @@ class Context:
 
     def keep_full(self):
         """keep() of a full balloon: 256 MiB, or 320 with 16 KiB pages. After
-        a large free such a guest's per-CPU lists may hold its low watermark
-        (61 MiB in 1 GiB), free memory that MemAvailable, and so vballoon's
-        floor, do not count: at 256 MiB the floor refuses the last MiB."""
+        a large free such a guest's per-CPU lists may hold up to its low
+        watermark, free memory that MemAvailable, and so vballoon's floor,
+        do not count: at 256 MiB the floor refuses the last MiB."""
         return self.keep(320 if self.page > 4096 else 256)
 
     # -- reporting --------------------------------------------------------

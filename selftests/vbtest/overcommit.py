@@ -230,13 +230,20 @@ class Scenario:
         for s in self.slots:
             s.qmp.wait_actual(self.full, 120, settle=5)
         # a thread a guest (each its own agent): a second each, not six
-        runs = [threading.Thread(target=s.g.check, daemon=True, args=(
-            "memhog 16 >/dev/null; pattern hold 1 & p=$!; sleep 1; kill $p",))
-            for s in self.slots]
+        errors = []
+
+        def programs(s):
+            try:
+                s.g.check("memhog 16 >/dev/null; pattern hold 1 & p=$!; sleep 1; kill $p")
+            except Exception as e:
+                errors.append(f"{s.name}: {e}")
+        runs = [threading.Thread(target=programs, args=(s,), daemon=True) for s in self.slots]
         for th in runs:
             th.start()
         for th in runs:
             th.join(120)
+        if errors:
+            raise RuntimeError("warm-up: " + "; ".join(errors))
         time.sleep(2)
         guest_used = 0
         for s in self.slots:
@@ -379,28 +386,13 @@ class Scenario:
     # -- host behaviours at a phase switch ---------------------------------------
     def static_plan(self, k, idle, busy):
         """The story's balloon commands: the idle guests down, then the busy
-        up. A guest's floor may stop it a few MiB short of the target, so
-        down means within 8 MiB or still for 5 s; a plan whose phase ended
-        first gives no command (the next phase's plan rules)."""
+        up. A guest's floor may stop it a few MiB short of the target, and
+        a plan whose phase ended first gives no command (the next phase's
+        plan rules)."""
         for s in idle:
             if s.alive():
                 self.set_target(s.name, self.idle)
-        deadline = time.monotonic() + 120
-        for s in idle:
-            last, since = None, time.monotonic()
-            while s.alive() and self.phase_k == k and time.monotonic() < deadline:
-                try:
-                    actual = s.qmp.query_balloon()
-                except Exception:
-                    break
-                now = time.monotonic()
-                if actual <= self.idle + 8 * MiB:
-                    break
-                if actual != last:
-                    last, since = actual, now
-                elif now - since >= 5:
-                    break
-                time.sleep(0.2)
+        self.wait_down(idle, timeout=120, settle=5, phase=k)
         with self.plan_lock:
             if self.phase_k != k:
                 self.note(f"phase {k}: static plan overtaken by the next switch")
@@ -409,19 +401,29 @@ class Scenario:
                 if s.alive():
                     self.set_target(s.name, self.full)
 
-    def wait_down(self, slots, timeout=60):
+    def wait_down(self, slots, timeout=60, settle=None, phase=None):
         """Until the host lowered each guest's target and its actual got
-        there (or stopped 8 MiB short: the guest's floor)."""
+        there (or stopped 8 MiB short: the guest's floor); with settle, also
+        once actual stood still that many seconds; with phase, only while
+        that phase lasts."""
         deadline = time.monotonic() + timeout
         for s in slots:
-            while s.alive() and time.monotonic() < deadline:
+            last, since = None, time.monotonic()
+            while s.alive() and time.monotonic() < deadline and \
+                    (phase is None or self.phase_k == phase):
                 try:
                     tgt = self.targets[s.name]
-                    if tgt < self.full and s.qmp.query_balloon() <= tgt + 8 * MiB:
-                        break
+                    actual = s.qmp.query_balloon()
                 except Exception:
                     break
-                time.sleep(0.5)
+                now = time.monotonic()
+                if tgt < self.full and actual <= tgt + 8 * MiB:
+                    break
+                if actual != last:
+                    last, since = actual, now
+                elif settle is not None and now - since >= settle:
+                    break
+                time.sleep(0.2 if settle is not None else 0.5)
 
     # -- the run -------------------------------------------------------------
     def run(self):
@@ -665,20 +667,23 @@ def _thp(g):
     return {k: v.get(k, 0) for k in ("thp_fault_alloc", "thp_fault_fallback")}
 
 
-def _cpu_s(pid):
-    """CPU seconds (user + system) of a host process (QEMU) so far."""
+def _stat(pid):
+    """The fields of a host process's /proc/PID/stat after its name (the
+    state is [0]); [] once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return []
+
+
+def _cpu_s(pid):
+    """CPU seconds (user + system) of a host process (QEMU) so far."""
+    f = _stat(pid)
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else 0.0
 
 
 def _minflt(pid):
     """Minor page faults of a host process (QEMU) so far."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[7])
-    except OSError:
-        return 0
+    f = _stat(pid)
+    return int(f[7]) if f else 0
