@@ -242,10 +242,10 @@ static void vb_queue_size_work(struct vballoon *vb, unsigned long delay,
 	spin_lock_irqsave(&vb->stop_lock, flags);
 	if (!vb->stop_update) {
 		if (sooner)
-			queue_delayed_work(vb_wq, &vb->size_work,
+			queue_delayed_work(vb->wq, &vb->size_work,
 					   delay);
 		else
-			mod_delayed_work(vb_wq, &vb->size_work,
+			mod_delayed_work(vb->wq, &vb->size_work,
 					 delay);
 	}
 	spin_unlock_irqrestore(&vb->stop_lock, flags);

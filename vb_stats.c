@@ -117,7 +117,7 @@ void vb_stats_request(struct virtqueue *vq)
 	spin_lock_irqsave(&vb->stop_lock, flags);
 	if (!vb->stop_update) {
 		vb_wake_start(vb, VB_WAKE_STATS);
-		queue_work(vb_wq, &vb->stats_work);
+		queue_work(vb->wq, &vb->stats_work);
 	}
 	spin_unlock_irqrestore(&vb->stop_lock, flags);
 }

@@ -23,7 +23,6 @@
  * The size and stats work. The size work gives pages back to a guest short
  * of memory (the reserve): it must run even when no worker can be forked.
  */
-struct workqueue_struct *vb_wq;
 
 static int vb_uint_param_set(const char *val, const struct kernel_param *kp)
 {
@@ -275,15 +274,22 @@ static void vb_stop_updates(struct vballoon *vb)
 	spin_lock_irq(&vb->stop_lock);
 	WRITE_ONCE(vb->stop_update, true);
 	spin_unlock_irq(&vb->stop_lock);
-	cancel_delayed_work_sync(&vb->size_work);
+	/*
+	 * Take back what is queued, then flush what runs. Not the _sync
+	 * cancels: before 5.15 their barrier is in no flush, and
+	 * destroy_workqueue() could find its worker still holding the queue.
+	 */
+	cancel_delayed_work(&vb->size_work);
+	cancel_work(&vb->stats_work);
+	flush_workqueue(vb->wq);
 	vb_release_high(vb);
-	cancel_work_sync(&vb->stats_work);
 	vb_wake_done(vb, 0);
 	if (vb->hint.wq) {
 		/* Let a round waiting for room see the end. */
 		set_bit(0, &vb->hint.reread);
 		wake_up(&vb->acked);
-		cancel_work_sync(&vb->hint.work);
+		cancel_work(&vb->hint.work);
+		flush_workqueue(vb->hint.wq);
 	}
 }
 
@@ -338,6 +344,13 @@ static int vb_probe(struct virtio_device *vdev)
 	for (i = 0; i < VB_BUFS; i++)
 		INIT_LIST_HEAD(&vb->bufs[i].pages);
 	vb->free_bufs = GENMASK(VB_BUFS - 1, 0);
+	/* The device's own: vb_stop_updates() flushes it whole, frozen or not. */
+	vb->wq = alloc_workqueue("vballoon-%s", WQ_FREEZABLE | WQ_MEM_RECLAIM |
+				 VBALLOON_WQ_PERCPU, 0, dev_name(&vdev->dev));
+	if (!vb->wq) {
+		err = -ENOMEM;
+		goto err_free_vb;
+	}
 	spin_lock_init(&vb->high_lock);
 	INIT_LIST_HEAD(&vb->high);
 	spin_lock_init(&vb->wake_lock);
@@ -365,7 +378,7 @@ static int vb_probe(struct virtio_device *vdev)
 					  !vb_has(vb, VIRTIO_BALLOON_F_DEFLATE_ON_OOM));
 	if (IS_ERR(vb->pages)) {
 		err = PTR_ERR(vb->pages);
-		goto err_free_vb;
+		goto err_destroy_wq;
 	}
 	err = vb_init_vqs(vb);
 	if (err)
@@ -420,6 +433,8 @@ err_del_vqs:
 	vb_del_vqs(vb);
 err_destroy_pages:
 	vballoon_pages_destroy(vb->pages);
+err_destroy_wq:
+	destroy_workqueue(vb->wq);
 err_free_vb:
 	kfree(vb->bufs);
 	kfree(vb);
@@ -437,6 +452,7 @@ static void vb_remove(struct virtio_device *vdev)
 	vb_empty_and_reset(vb);
 	vb_hint_exit(vb);
 	vballoon_pages_destroy(vb->pages);
+	destroy_workqueue(vb->wq);
 	kfree(vb->bufs);
 	kfree(vb);
 }
@@ -490,7 +506,7 @@ static int vb_restore(struct virtio_device *vdev)
 	spin_unlock_irq(&vb->stop_lock);
 	/* A stats request that came before this queued no work: look. */
 	if (vb->stats_vq)
-		queue_work(vb_wq, &vb->stats_work);
+		queue_work(vb->wq, &vb->stats_work);
 	vb_config_changed(vdev);
 	return 0;
 }
@@ -540,16 +556,10 @@ static int __init vb_init(void)
 	pr_info("version %s, balloon pages migrate through the %s\n",
 		VBALLOON_VERSION, vballoon_pages_scheme());
 	vballoon_compat_report();
-	vb_wq = alloc_workqueue(KBUILD_MODNAME, WQ_FREEZABLE | WQ_MEM_RECLAIM |
-				VBALLOON_WQ_PERCPU, 0);
-	if (!vb_wq)
-		return -ENOMEM;
 	vb_debugfs_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
 	err = register_virtio_driver(&vb_driver);
-	if (err) {
+	if (err)
 		debugfs_remove_recursive(vb_debugfs_root);
-		destroy_workqueue(vb_wq);
-	}
 	return err;
 }
 module_init(vb_init);
@@ -558,7 +568,6 @@ static void __exit vb_exit(void)
 {
 	unregister_virtio_driver(&vb_driver);
 	debugfs_remove_recursive(vb_debugfs_root);
-	destroy_workqueue(vb_wq);
 }
 module_exit(vb_exit);
 

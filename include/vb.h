@@ -218,6 +218,8 @@ struct vballoon {
 	unsigned long nr_high;
 	bool high_told;
 
+	/* The size and stats works' queue (the hint round has its own). */
+	struct workqueue_struct *wq;
 	struct delayed_work size_work;
 	struct work_struct stats_work;
 	/* Set on removal: interrupts must not queue work any more. */
@@ -286,7 +288,6 @@ static inline u64 vb_now_ms(void)
 #define VB_WAKE_STATS	BIT(1)
 
 /* virtio_balloon.c */
-extern struct workqueue_struct *vb_wq;
 extern const struct kernel_param_ops vb_uint_param_ops;
 extern struct vb_uint_param max_balloon_pct;
 unsigned int vb_ram_mib(unsigned long balloon_pages);
