@@ -19,6 +19,8 @@ HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
 # With 4 KiB pages what is still sent is mostly the guest's own use, which
 # 7.x kernels make larger (Documentation/kernels.rst).
 HINT_SENT_SHARE = {4096: 0.35, 16384: 0.4}
+# The rescuer thread of the device's workqueue in `ps -o comm`.
+RESCUER = "-e '^vballoon-' -e '^kworker/R-vball'"
 
 
 def dirty_and_free(g, mib):
@@ -239,6 +241,48 @@ def case_hint_teardown(t):
     # and with the driver in place, the host's DONE gives them back
     during_round("the host's DONE", lambda: t.qmp.cmd("migrate_cancel"), settle=30)
 
+
+
+@case(timeout=400, fresh=True, **HINT)
+def case_hint_rmmod_cpus(t):
+    """rmmod while a hint round is taking blocks, from each CPU in turn (8
+    times): no warning, every block back to the guest, no thread of the
+    driver's workqueues left. On 5.10 a cancel_work_sync() waiter could
+    reach destroy_workqueue() before the barrier's worker let go of the
+    queue: "vballoon-hint has the following busy pwq", one rmmod in two."""
+    if t.driver != "vballoon":
+        t.skip("vballoon's own workqueues")
+    t.load_driver()
+    free0 = t.g.meminfo()["MemFree"]
+    cpus = int(t.g.check("nproc").strip())
+    for i in range(8):
+        t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
+        t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+        deadline = time.monotonic() + 30
+        while free0 - t.g.meminfo()["MemFree"] < 64 * 1024:
+            t.check(time.monotonic() < deadline, f"cycle {i}: no hint round took 64 MiB in 30 s")
+            time.sleep(0.05)
+        t.check(t.bsys()["hint_rounds"] >= 1, f"cycle {i}: sysfs hint_rounds is 0")
+        t.eq(t.qmp.cmd("query-migrate").get("status"), "active",
+             f"cycle {i}: migration status at rmmod")
+        # the device's workqueue keeps a rescuer thread named after it,
+        # cut to 15 characters: vballoon-virtio (6.9+: kworker/R-vball)
+        t.check(t.g.check(f"ps -o comm | grep -c {RESCUER} || true").strip() != "0",
+                f"cycle {i}: no rescuer thread of the driver's workqueue")
+        t.g.check(f"taskset -c {i % cpus} rmmod vballoon", timeout=60)
+        t.eq(t.g.check("dmesg | grep -c 'busy pwq' || true").strip(), "0",
+             f"cycle {i} (rmmod on CPU {i % cpus}): busy workqueue lines in dmesg")
+        t.eq(t.g.check(f"ps -o comm | grep -c {RESCUER} || true").strip(), "0",
+             f"cycle {i}: rescuer threads of the driver's workqueue after rmmod")
+        t.near(t.g.meminfo()["MemFree"], free0, 48 * 1024,
+               f"cycle {i}: MemFree (kB) after rmmod")
+        t.qmp.cmd("migrate_cancel")
+        deadline = time.monotonic() + 30
+        while t.qmp.cmd("query-migrate").get("status") != "cancelled":
+            t.check(time.monotonic() < deadline, "migrate_cancel took 30 s")
+            time.sleep(0.2)
+        t.load_driver()
+    t.log(f"8 rmmods during hint rounds, on CPUs 0-{cpus - 1} in turn")
 
 def hint_state(t, name):
     """What each side says of the hint handshake, for a round that did
