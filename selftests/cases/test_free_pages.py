@@ -169,6 +169,57 @@ def case_hint_pressure(t):
     t.eq(t.g.vmstat()["oom_kill"], v0["oom_kill"], "oom_kill count")
 
 
+def cancel_migration(t):
+    t.qmp.cmd("migrate_cancel")
+    deadline = time.monotonic() + 30
+    while t.qmp.cmd("query-migrate").get("status") != "cancelled":
+        t.check(time.monotonic() < deadline, "migrate_cancel took 30 s")
+        time.sleep(0.2)
+
+
+def device_irqs(t, name):
+    """Interrupts the guest has taken on the balloon device's lines."""
+    line = t.g.check(f"grep -h ' {name}$' /proc/interrupts || true").split()
+    return sum(int(x) for x in line[1:] if x.isdigit())
+
+
+def round_holding(t, name, what, free0, mib):
+    """Start a migration at 1 MiB/s (it cannot finish) and wait until its
+    hint round holds mib MiB of the guest's free memory; False if none does
+    in 30 s, with what each side says of the handshake."""
+    # each migration brings a new command id, hence a new round
+    t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
+    t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+    deadline = time.monotonic() + 30
+    while free0 - t.g.meminfo()["MemFree"] < mib * 1024:
+        if time.monotonic() > deadline:
+            rounds = t.bsys("hint_rounds") if t.driver == "vballoon" else "?"
+            t.log(f"{what}: no hint round took {mib} MiB in 30 s (hint_rounds "
+                  f"{rounds}, MemFree {t.g.meminfo()['MemFree']} kB)")
+            hint_state(t, name)
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def start_round(t, name, what, free0, mib):
+    """A hint round holding mib MiB; a migration whose round never starts
+    gets one more, said in the log."""
+    n0 = device_irqs(t, name)
+    if round_holding(t, name, what, free0, mib):
+        return
+    cancel_migration(t)
+    if round_holding(t, name, what, free0, mib):
+        return
+    # the host wrote two command ids and raised no interrupt on the
+    # device's line: nothing a driver can answer (seen only in whole-suite
+    # runs, QEMU 7.2 INTx, after unbind and bind or rmmod and insmod)
+    if device_irqs(t, name) == n0 and t.host.name == "7.2":
+        t.skip(f"{what}: the host delivered no interrupt to the balloon "
+               "in two migrations (QEMU 7.2, INTx)")
+    t.fail(f"{what}: no hint round in two migrations")
+
+
 @case(timeout=600, fresh=True, **HINT)
 def case_hint_teardown(t):
     """A migration that cannot finish (1 MiB/s) keeps hinted blocks held:
@@ -180,45 +231,8 @@ def case_hint_teardown(t):
     drv = f"/sys/bus/virtio/drivers/{t.driver}"
     free0 = t.g.meminfo()["MemFree"]
 
-    def cancel():
-        t.qmp.cmd("migrate_cancel")
-        deadline = time.monotonic() + 30
-        while t.qmp.cmd("query-migrate").get("status") != "cancelled":
-            t.check(time.monotonic() < deadline, "migrate_cancel took 30 s")
-            time.sleep(0.2)
-
-    def round_holding(what):
-        # each migration brings a new command id, hence a new round
-        t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
-        t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
-        deadline = time.monotonic() + 30
-        while free0 - t.g.meminfo()["MemFree"] < 256 * 1024:
-            if time.monotonic() > deadline:
-                rounds = t.bsys("hint_rounds") if t.driver == "vballoon" else "?"
-                t.log(f"{what}: no hint round took memory in 30 s (hint_rounds "
-                      f"{rounds}, MemFree {t.g.meminfo()['MemFree']} kB)")
-                hint_state(t, name)
-                return False
-            time.sleep(0.2)
-        return True
-
-    def irqs():
-        line = t.g.check(f"grep -h ' {name}$' /proc/interrupts || true").split()
-        return sum(int(x) for x in line[1:] if x.isdigit())
-
     def during_round(what, action, limit=10, settle=0):
-        # a migration whose round never starts gets one more, said in the log
-        n0 = irqs()
-        if not round_holding(what):
-            cancel()
-            if not round_holding(what):
-                # the host wrote two command ids and raised no interrupt on
-                # the device's line: nothing a driver can answer (seen only
-                # in whole-suite runs, QEMU 7.2 INTx, after unbind and bind)
-                if irqs() == n0 and t.host.name == "7.2":
-                    t.skip(f"{what}: the host delivered no interrupt to the balloon "
-                           "in two migrations (QEMU 7.2, INTx)")
-                t.fail(f"{what}: no hint round in two migrations")
+        start_round(t, name, what, free0, 256)
         t0 = time.monotonic()
         action()
         secs = time.monotonic() - t0
@@ -229,7 +243,7 @@ def case_hint_teardown(t):
                 time.monotonic() < deadline:
             time.sleep(0.5)
         t.near(t.g.meminfo()["MemFree"], free0, 48 * 1024, f"MemFree (kB) after {what}")
-        cancel()
+        cancel_migration(t)
 
     during_round(f"rmmod {t.driver}", lambda: t.g.check(f"rmmod {t.driver}", timeout=60))
     t.load_driver()
@@ -242,7 +256,6 @@ def case_hint_teardown(t):
     during_round("the host's DONE", lambda: t.qmp.cmd("migrate_cancel"), settle=30)
 
 
-
 @case(timeout=400, fresh=True, **HINT)
 def case_hint_rmmod_cpus(t):
     """rmmod while a hint round is taking blocks, from each CPU in turn (8
@@ -252,16 +265,12 @@ def case_hint_rmmod_cpus(t):
     queue: "vballoon-hint has the following busy pwq", one rmmod in two."""
     if t.driver != "vballoon":
         t.skip("vballoon's own workqueues")
-    t.load_driver()
+    dev = t.load_driver()
+    name = dev.rsplit("/", 1)[1]
     free0 = t.g.meminfo()["MemFree"]
     cpus = int(t.g.check("nproc").strip())
     for i in range(8):
-        t.qmp.cmd("migrate-set-parameters", max_bandwidth=1 << 20)
-        t.qmp.cmd("migrate", uri="exec:cat > /dev/null")
-        deadline = time.monotonic() + 30
-        while free0 - t.g.meminfo()["MemFree"] < 64 * 1024:
-            t.check(time.monotonic() < deadline, f"cycle {i}: no hint round took 64 MiB in 30 s")
-            time.sleep(0.05)
+        start_round(t, name, f"cycle {i}", free0, 64)
         t.check(t.bsys()["hint_rounds"] >= 1, f"cycle {i}: sysfs hint_rounds is 0")
         t.eq(t.qmp.cmd("query-migrate").get("status"), "active",
              f"cycle {i}: migration status at rmmod")
@@ -276,18 +285,15 @@ def case_hint_rmmod_cpus(t):
              f"cycle {i}: rescuer threads of the driver's workqueue after rmmod")
         t.near(t.g.meminfo()["MemFree"], free0, 48 * 1024,
                f"cycle {i}: MemFree (kB) after rmmod")
-        t.qmp.cmd("migrate_cancel")
-        deadline = time.monotonic() + 30
-        while t.qmp.cmd("query-migrate").get("status") != "cancelled":
-            t.check(time.monotonic() < deadline, "migrate_cancel took 30 s")
-            time.sleep(0.2)
+        cancel_migration(t)
         t.load_driver()
     t.log(f"8 rmmods during hint rounds, on CPUs 0-{cpus - 1} in turn")
 
 def hint_state(t, name):
     """What each side says of the hint handshake, for a round that did
     not start: the driver's command id, the device's interrupt counts, and
-    QEMU's negotiated features and status."""
+    QEMU's negotiated features, status, interrupt status (ISR) and what its
+    IO-APIC holds on the lines (a raised line shows in IRR)."""
     if t.driver == "vballoon":
         text = t.g.read(f"/sys/kernel/debug/vballoon/{name}")
         t.log("debugfs: " + " ".join(re.findall(r"^hint: .*$", text, re.M)))
@@ -297,7 +303,12 @@ def hint_state(t, name):
         if dev.get("name") == "virtio-balloon":
             st = t.qmp.cmd("x-query-virtio-status", path=dev["path"])
             t.log(f"QEMU: status {st.get('status')}, guest features "
-                  f"{st.get('guest-features')}, broken {st.get('broken')}")
+                  f"{st.get('guest-features')}, broken {st.get('broken')}, "
+                  f"ISR {st.get('isr')}")
+    if t.vm.plat.name == "x86_64":
+        pic = t.qmp.cmd("human-monitor-command", **{"command-line": "info pic"})
+        t.log("QEMU IO-APIC: " + " / ".join(
+            x.strip() for x in str(pic).splitlines() if "IRR" in x))
 
 
 def rss_kb(t):
