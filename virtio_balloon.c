@@ -19,11 +19,6 @@
 #define CREATE_TRACE_POINTS
 #include "vballoon_trace.h"
 
-/*
- * The size and stats work. The size work gives pages back to a guest short
- * of memory (the reserve): it must run even when no worker can be forked.
- */
-
 static int vb_uint_param_set(const char *val, const struct kernel_param *kp)
 {
 	struct vb_uint_param *p = kp->arg;
@@ -344,7 +339,11 @@ static int vb_probe(struct virtio_device *vdev)
 	for (i = 0; i < VB_BUFS; i++)
 		INIT_LIST_HEAD(&vb->bufs[i].pages);
 	vb->free_bufs = GENMASK(VB_BUFS - 1, 0);
-	/* The device's own: vb_stop_updates() flushes it whole, frozen or not. */
+	/*
+	 * The size work gives pages back to a guest short of memory: a rescuer
+	 * runs it when no worker can be forked. The device's own queue, so
+	 * vb_stop_updates() can flush it whole, frozen or not.
+	 */
 	vb->wq = alloc_workqueue("vballoon-%s", WQ_FREEZABLE | WQ_MEM_RECLAIM |
 				 VBALLOON_WQ_PERCPU, 0, dev_name(&vdev->dev));
 	if (!vb->wq) {

@@ -19,8 +19,13 @@ HINT_BLOCK_ORDER = {4096: 10, 16384: 11, 65536: 13}
 # With 4 KiB pages what is still sent is mostly the guest's own use, which
 # 7.x kernels make larger (Documentation/kernels.rst).
 HINT_SENT_SHARE = {4096: 0.35, 16384: 0.4}
-# The rescuer thread of the device's workqueue in `ps -o comm`.
-RESCUER = "-e '^vballoon-' -e '^kworker/R-vball'"
+
+
+def rescuers(t):
+    """Rescuer threads of vballoon's workqueues, as `ps -o comm` cuts their
+    names to 15 characters: vballoon-virtio (6.9+: kworker/R-vball)."""
+    return int(t.g.check("ps -o comm | grep -c -e '^vballoon-' "
+                         "-e '^kworker/R-vball' || true").strip())
 
 
 def dirty_and_free(g, mib):
@@ -274,15 +279,11 @@ def case_hint_rmmod_cpus(t):
         t.check(t.bsys()["hint_rounds"] >= 1, f"cycle {i}: sysfs hint_rounds is 0")
         t.eq(t.qmp.cmd("query-migrate").get("status"), "active",
              f"cycle {i}: migration status at rmmod")
-        # the device's workqueue keeps a rescuer thread named after it,
-        # cut to 15 characters: vballoon-virtio (6.9+: kworker/R-vball)
-        t.check(t.g.check(f"ps -o comm | grep -c {RESCUER} || true").strip() != "0",
-                f"cycle {i}: no rescuer thread of the driver's workqueue")
+        t.check(rescuers(t) > 0, f"cycle {i}: no rescuer thread of the driver's workqueue")
         t.g.check(f"taskset -c {i % cpus} rmmod vballoon", timeout=60)
         t.eq(t.g.check("dmesg | grep -c 'busy pwq' || true").strip(), "0",
              f"cycle {i} (rmmod on CPU {i % cpus}): busy workqueue lines in dmesg")
-        t.eq(t.g.check(f"ps -o comm | grep -c {RESCUER} || true").strip(), "0",
-             f"cycle {i}: rescuer threads of the driver's workqueue after rmmod")
+        t.eq(rescuers(t), 0, f"cycle {i}: rescuer threads of the driver's workqueue after rmmod")
         t.near(t.g.meminfo()["MemFree"], free0, 48 * 1024,
                f"cycle {i}: MemFree (kB) after rmmod")
         cancel_migration(t)
